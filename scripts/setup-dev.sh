@@ -1,0 +1,15 @@
+#!/usr/bin/env bash
+# Set up everything the tests need on a fresh Debian machine with Python 3.11:
+# the client tools from Debian's packages, and a virtualenv with trios3 and its extras.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+if command -v apt-get >/dev/null && [ "$(id -u)" = 0 ]; then
+    export DEBIAN_FRONTEND=noninteractive
+    if ! command -v restic >/dev/null; then
+        apt-get update -qq
+        apt-get install -y -qq restic >/dev/null
+    fi
+fi
+python3.11 -m venv .venv 2>/dev/null || python3 -m venv .venv
+.venv/bin/pip install -q --upgrade pip
+.venv/bin/pip install -q -e '.[embedded,test]'

@@ -1,0 +1,223 @@
+"""The ASGI application: a raw data path for S3, and Quart for the few routes that are not S3.
+
+S3 traffic never goes through Quart: its request body buffers without limit and its
+timeouts cut long streams. Each S3 request runs in a nursery of its own that owns everything
+the request holds (the client channel, the budget lease, backend responses); a client
+disconnect cancels that nursery, and leaving it releases all of them.
+"""
+
+from __future__ import annotations
+
+import logging
+import secrets
+import time
+from collections.abc import Awaitable, Callable
+from contextlib import AsyncExitStack
+from dataclasses import dataclass
+from datetime import UTC, datetime
+from urllib.parse import unquote
+
+import trio
+from quart_trio import QuartTrio
+
+from trios3.backend import Backend, BackendSettings, open_backend
+from trios3.body import ClientChannel, ClientDisconnected
+from trios3.budget import MemoryBudget
+from trios3.core import sigv4
+from trios3.core.errors import S3Error
+from trios3.core.keys import Keyring
+from trios3.core.routing import resolve_target
+from trios3.exchange import Exchange, Responder, Services
+from trios3.ops import buckets, objects
+
+log = logging.getLogger("trios3")
+
+Operation = Callable[[Exchange], Awaitable[None]]
+
+OPERATIONS: dict[str, Operation] = {
+    "ListBuckets": buckets.passthrough,
+    "CreateBucket": buckets.passthrough,
+    "DeleteBucket": buckets.passthrough,
+    "HeadBucket": buckets.passthrough,
+    "GetBucketLocation": buckets.passthrough,
+    "BucketSubresource": buckets.passthrough,
+    "ListObjects": buckets.list_objects,
+    "ListObjectsV2": buckets.list_objects,
+    "ListObjectVersions": buckets.list_objects,
+    "DeleteObjects": buckets.delete_objects,
+    "GetObject": objects.get_object,
+    "HeadObject": objects.head_object,
+    "PutObject": objects.put_object,
+    "DeleteObject": objects.delete_object,
+    "ObjectTagging": buckets.passthrough,
+    "ObjectAcl": buckets.passthrough,
+    "ObjectLock": buckets.passthrough,
+}
+MULTIPART = {
+    "CreateMultipartUpload",
+    "UploadPart",
+    "CompleteMultipartUpload",
+    "AbortMultipartUpload",
+    "ListParts",
+    "ListMultipartUploads",
+}
+
+
+@dataclass(frozen=True)
+class ProxySettings:
+    """What the app needs to answer S3 requests (built once from the configuration)."""
+
+    credentials: dict[str, str]  # access key id -> secret key
+    keyring: Keyring
+    backend: BackendSettings
+    memory_budget: int = 64 * 1024 * 1024
+    admission_timeout: float = 30.0
+    virtual_host_domain: str | None = None
+
+
+def _admin_app() -> QuartTrio:
+    admin = QuartTrio("trios3")
+    admin.config.update(RESPONSE_TIMEOUT=None, BODY_TIMEOUT=None, MAX_CONTENT_LENGTH=1024)
+
+    @admin.get("/healthz")
+    async def healthz():
+        return "ok\n", 200, {"content-type": "text/plain"}
+
+    return admin
+
+
+ADMIN_PATHS = {"/healthz"}
+
+
+class S3Proxy:
+    """The ASGI callable hypercorn serves."""
+
+    def __init__(self, settings: ProxySettings, backend: Backend | None = None) -> None:
+        self.settings = settings
+        self.budget = MemoryBudget(settings.memory_budget, settings.admission_timeout)
+        self._backend = backend
+        self._admin = _admin_app()
+
+    @property
+    def services(self) -> Services:
+        if self._backend is None:
+            raise RuntimeError("the backend client is opened by the ASGI lifespan")
+        return Services(
+            self._backend, self.settings.keyring, self.budget, self.settings.backend.region
+        )
+
+    async def __call__(self, scope, receive, send) -> None:
+        if scope["type"] == "lifespan":
+            await self._lifespan(receive, send)
+        elif scope["type"] == "http":
+            if scope["path"] in ADMIN_PATHS and not _carries_auth(scope):
+                await self._admin(scope, receive, send)
+            else:
+                await self.handle(scope, receive, send)
+
+    async def _lifespan(self, receive, send) -> None:
+        """Own the backend client for the server's lifetime (when none was given)."""
+        async with AsyncExitStack() as stack:
+            message = await receive()
+            assert message["type"] == "lifespan.startup"
+            if self._backend is None:
+                self._backend = await stack.enter_async_context(open_backend(self.settings.backend))
+            await send({"type": "lifespan.startup.complete"})
+            message = await receive()
+        await send({"type": "lifespan.shutdown.complete"})
+
+    async def handle(self, scope, receive, send) -> None:
+        """Serve one S3 request inside a nursery that owns all it holds."""
+        started = time.monotonic()
+        request_id = secrets.token_hex(8).upper()
+        method = scope["method"]
+        respond = Responder(send, request_id, head_only=method == "HEAD")
+        resource = unquote(scope.get("raw_path", b"/").decode("latin-1").split("?", 1)[0])
+        operation = "-"
+        async with trio.open_nursery() as nursery:
+            channel = ClientChannel(receive, nursery.cancel_scope)
+            nursery.start_soon(channel.run)
+            try:
+                exchange = self._authenticate(scope, channel, respond)
+                operation = exchange.target.operation
+                await self._dispatch(exchange)
+            except S3Error as err:
+                if respond.started:
+                    log.warning(
+                        "%s %s aborted after the status line: %s", request_id, operation, err
+                    )
+                else:
+                    await respond.error(err, resource)
+            except ClientDisconnected:
+                pass
+            except Exception:
+                log.exception("%s %s failed", request_id, operation)
+                if not respond.started:
+                    await respond.error(S3Error("InternalError"), resource)
+            finally:
+                nursery.cancel_scope.cancel()
+        log.info(
+            "request id=%s op=%s method=%s path=%s status=%s bytes=%d ms=%.1f",
+            request_id,
+            operation,
+            method,
+            resource,
+            respond.status or "-",
+            respond.bytes_sent,
+            (time.monotonic() - started) * 1000,
+        )
+
+    def _authenticate(self, scope, channel: ClientChannel, respond: Responder) -> Exchange:
+        raw_path = scope.get("raw_path") or scope["path"].encode()
+        raw_path = raw_path.decode("latin-1").split("?", 1)[0]
+        query_string = scope.get("query_string", b"").decode("latin-1")
+        pairs = [(n.decode("latin-1").lower(), v.decode("latin-1")) for n, v in scope["headers"]]
+        headers: dict[str, str] = {}
+        for name, value in pairs:
+            headers[name] = f"{headers[name]},{value}" if name in headers else value
+        target = resolve_target(
+            scope["method"],
+            raw_path,
+            query_string,
+            headers.get("host"),
+            self.settings.virtual_host_domain,
+        )
+        auth = sigv4.parse_auth(scope["method"], raw_path, query_string, pairs)
+        if auth is None:
+            raise S3Error("AccessDenied", "Anonymous requests are not accepted.")
+        secret = self.settings.credentials.get(auth.access_key)
+        if secret is None:
+            raise S3Error("InvalidAccessKeyId", fields={"AWSAccessKeyId": auth.access_key})
+        signing_key = sigv4.verify(
+            auth, secret, scope["method"], raw_path, query_string, pairs, datetime.now(UTC)
+        )
+        return Exchange(
+            services=self.services,
+            target=target,
+            method=scope["method"],
+            headers=headers,
+            auth=auth,
+            signing_key=signing_key,
+            channel=channel,
+            respond=respond,
+        )
+
+    async def _dispatch(self, exchange: Exchange) -> None:
+        name = exchange.target.operation
+        if name == "PutObject" and "x-amz-copy-source" in exchange.headers:
+            await objects.copy_object(exchange)
+            return
+        if name in MULTIPART:
+            raise S3Error(
+                "NotImplemented", "Multipart uploads are not supported by this proxy yet."
+            )
+        operation = OPERATIONS.get(name)
+        if operation is None:
+            raise S3Error("NotImplemented", f"{name} is not supported by this proxy.")
+        await operation(exchange)
+
+
+def _carries_auth(scope) -> bool:
+    if any(name == b"authorization" for name, _ in scope["headers"]):
+        return True
+    return b"X-Amz-Signature" in scope.get("query_string", b"")

@@ -1,0 +1,91 @@
+"""The ``trios3`` command: ``serve`` and ``keygen``."""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import os
+import sys
+from pathlib import Path
+
+import trio
+
+from trios3.config import ConfigError, add_serve_options, build_config, write_key_file
+from trios3.embedded import EmbeddedUnavailable, find_weed
+
+
+def _parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="trios3", description=__doc__)
+    commands = parser.add_subparsers(dest="command", required=True)
+    serve = commands.add_parser("serve", help="run the encrypting S3 proxy")
+    add_serve_options(serve, os.environ)
+    serve.add_argument(
+        "--log-level",
+        default=os.environ.get("TRIOS3_LOG_LEVEL", "INFO"),
+        help="logging level [TRIOS3_LOG_LEVEL; default INFO]",
+    )
+    keygen = commands.add_parser("keygen", help="write a new master key file (mode 0600)")
+    keygen.add_argument("path", help="the key file to create")
+    return parser
+
+
+def _fail(message: str) -> int:
+    print(f"trios3: error: {message}", file=sys.stderr)
+    return 2
+
+
+def _banner(config, binds) -> str:
+    access, secret = next(iter(config.credentials.items()))
+    endpoint = binds[0] if binds else config.listen
+    lines = [f"trios3 serving S3 on {endpoint}"]
+    if not config.backend_url:
+        lines.append(f"backend: embedded SeaweedFS, data in {config.data_dir}")
+        lines += [f"created {item}" for item in config.generated]
+        lines += [
+            "use these credentials:",
+            f"  AWS_ACCESS_KEY_ID={access}",
+            f"  AWS_SECRET_ACCESS_KEY={secret}",
+            f"  aws --endpoint-url {endpoint} s3 ls",
+        ]
+    else:
+        lines.append(f"backend: {config.backend_url}")
+    return "\n".join(lines)
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = _parser().parse_args(argv)
+    if args.command == "keygen":
+        try:
+            write_key_file(Path(args.path))
+        except ConfigError as exc:
+            return _fail(str(exc))
+        print(f"wrote a new master key to {args.path}")
+        return 0
+    try:
+        config = build_config(args, os.environ)
+        if not config.backend_url:
+            find_weed()
+    except (ConfigError, EmbeddedUnavailable) as exc:
+        return _fail(str(exc))
+    logging.basicConfig(
+        level=args.log_level.upper(), format="%(asctime)s %(levelname)s %(name)s %(message)s"
+    )
+
+    async def run() -> None:
+        from trios3.serve import serve
+
+        async with trio.open_nursery() as nursery:
+            binds = await nursery.start(serve, config)
+            print(_banner(config, binds), flush=True)
+
+    try:
+        trio.run(run)
+    except OSError as exc:
+        return _fail(f"cannot serve: {exc.strerror or exc}")
+    except KeyboardInterrupt:
+        pass
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,225 @@
+"""Configuration: every option a flag and a ``TRIOS3_<OPTION>`` variable, read once.
+
+The result is one immutable :class:`Config` passed down; nothing reads the environment later.
+Invalid configuration raises :class:`ConfigError` with one line that says what to fix.
+"""
+
+from __future__ import annotations
+
+import argparse
+import base64
+import os
+import re
+import secrets
+import tomllib
+from collections.abc import Mapping
+from dataclasses import dataclass
+from pathlib import Path
+
+from trios3.core.keys import Keyring, MasterKey
+
+
+class ConfigError(Exception):
+    """A configuration problem, reported as one line at start-up."""
+
+
+@dataclass(frozen=True)
+class Config:
+    listen: str
+    backend_url: str | None
+    backend_region: str
+    backend_access_key: str | None
+    backend_secret_key: str | None
+    credentials: Mapping[str, str]
+    keyring: Keyring
+    tls_cert: str | None
+    tls_key: str | None
+    data_dir: Path
+    virtual_host_domain: str | None
+    memory_budget: int
+    admission_timeout: float
+    generated: tuple[str, ...] = ()  # what the embedded mode created on this run
+
+
+OPTIONS = {
+    # flag: (default, help)
+    "listen": ("127.0.0.1:8080", "HOST:PORT to serve S3 on"),
+    "backend": (None, "URL of the backend S3 endpoint (default: an embedded SeaweedFS)"),
+    "backend-region": ("us-east-1", "region the backend is signed for"),
+    "credentials": (None, "TOML file of client credentials the proxy accepts"),
+    "key-file": (None, "file holding the base64 master key (or set TRIOS3_MASTER_KEY)"),
+    "tls-cert": (None, "PEM certificate: serve HTTPS"),
+    "tls-key": (None, "PEM private key for --tls-cert"),
+    "data-dir": ("./trios3-data", "where the embedded backend keeps its data and keys"),
+    "virtual-host-domain": (None, "serve virtual-hosted-style requests for BUCKET.<domain>"),
+    "memory-budget": ("64MiB", "bytes of body buffers all requests may hold together"),
+    "admission-timeout": ("30", "seconds a request may wait for the budget before 503"),
+}
+
+
+def env_name(option: str) -> str:
+    return "TRIOS3_" + option.upper().replace("-", "_")
+
+
+def add_serve_options(parser: argparse.ArgumentParser, environ: Mapping[str, str]) -> None:
+    for option, (default, help_text) in OPTIONS.items():
+        variable = env_name(option)
+        parser.add_argument(
+            f"--{option}",
+            default=environ.get(variable, default),
+            help=f"{help_text} [{variable}; default {default}]",
+        )
+
+
+_SIZE = re.compile(r"^\s*(\d+)\s*(|b|kib|mib|gib|kb|mb|gb|k|m|g)\s*$", re.IGNORECASE)
+_UNITS = {"": 1, "b": 1, "k": 1024, "kib": 1024, "kb": 1000, "m": 1024**2, "mib": 1024**2}
+_UNITS |= {"mb": 1000**2, "g": 1024**3, "gib": 1024**3, "gb": 1000**3}
+
+
+def parse_size(text: str, option: str) -> int:
+    match = _SIZE.match(text)
+    if not match or int(match.group(1)) <= 0:
+        raise ConfigError(f"--{option}: expected a size such as 64MiB, got {text!r}")
+    return int(match.group(1)) * _UNITS[match.group(2).lower()]
+
+
+def load_credentials(path: str | None, environ: Mapping[str, str]) -> dict[str, str]:
+    """Client credentials: a TOML file of ``[[credentials]]`` tables, or one pair from env."""
+    creds: dict[str, str] = {}
+    if path:
+        try:
+            document = tomllib.loads(Path(path).read_text())
+        except OSError as exc:
+            raise ConfigError(f"--credentials: cannot read {path}: {exc.strerror}") from exc
+        except tomllib.TOMLDecodeError as exc:
+            raise ConfigError(f"--credentials: {path} is not valid TOML: {exc}") from exc
+        for entry in document.get("credentials", []):
+            try:
+                creds[str(entry["access_key_id"])] = str(entry["secret_access_key"])
+            except (KeyError, TypeError) as exc:
+                raise ConfigError(
+                    f"--credentials: every [[credentials]] in {path} needs "
+                    "access_key_id and secret_access_key"
+                ) from exc
+    access = environ.get("TRIOS3_ACCESS_KEY_ID")
+    secret = environ.get("TRIOS3_SECRET_ACCESS_KEY")
+    if bool(access) != bool(secret):
+        raise ConfigError("set both TRIOS3_ACCESS_KEY_ID and TRIOS3_SECRET_ACCESS_KEY, or neither")
+    if access and secret:
+        creds[access] = secret
+    return creds
+
+
+def load_master_key(key_file: str | None, environ: Mapping[str, str]) -> MasterKey | None:
+    text = environ.get("TRIOS3_MASTER_KEY")
+    source = "TRIOS3_MASTER_KEY"
+    if key_file:
+        try:
+            text = Path(key_file).read_text()
+        except OSError as exc:
+            raise ConfigError(f"--key-file: cannot read {key_file}: {exc.strerror}") from exc
+        source = f"--key-file {key_file}"
+    if text is None:
+        return None
+    try:
+        return MasterKey.from_base64(text)
+    except ValueError as exc:
+        raise ConfigError(f"{source}: {exc}") from exc
+
+
+def write_key_file(path: Path) -> None:
+    """A new random master key, base64, readable by its owner only; never overwrites."""
+    key = base64.b64encode(MasterKey.generate()).decode()
+    try:
+        fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+    except FileExistsError as exc:
+        raise ConfigError(f"{path} already exists; refusing to overwrite a key") from exc
+    except OSError as exc:
+        raise ConfigError(f"cannot create {path}: {exc.strerror}") from exc
+    with os.fdopen(fd, "w") as out:
+        out.write(key + "\n")
+
+
+def _embedded_defaults(data_dir: Path, key: MasterKey | None, creds: dict[str, str]):
+    """First run of the embedded mode: a key file and a client credential pair, kept."""
+    generated = []
+    data_dir.mkdir(parents=True, exist_ok=True)
+    if key is None:
+        key_path = data_dir / "master.key"
+        if not key_path.exists():
+            write_key_file(key_path)
+            generated.append(f"master key: {key_path}")
+        key = load_master_key(str(key_path), {})
+    if not creds:
+        cred_path = data_dir / "credentials.toml"
+        if not cred_path.exists():
+            access = "trios3" + secrets.token_hex(7).upper()
+            secret = secrets.token_urlsafe(30)
+            fd = os.open(cred_path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+            with os.fdopen(fd, "w") as out:
+                out.write(
+                    f'[[credentials]]\naccess_key_id = "{access}"\nsecret_access_key = "{secret}"\n'
+                )
+            generated.append(f"client credentials: {cred_path}")
+        creds = load_credentials(str(cred_path), {})
+    return key, creds, tuple(generated)
+
+
+def build_config(args: argparse.Namespace, environ: Mapping[str, str]) -> Config:
+    """Validate everything at once; the first problem found is the one line reported."""
+    listen = args.listen
+    if not re.match(r"^(\[[0-9a-fA-F:]+\]|[^:\s]+):\d{1,5}$", listen or ""):
+        raise ConfigError(f"--listen: expected HOST:PORT, got {listen!r}")
+    if bool(args.tls_cert) != bool(args.tls_key):
+        raise ConfigError("--tls-cert and --tls-key go together")
+    for option in ("tls_cert", "tls_key"):
+        path = getattr(args, option)
+        if path and not Path(path).is_file():
+            raise ConfigError(f"--{option.replace('_', '-')}: no such file: {path}")
+    backend = args.backend
+    if backend and not re.match(r"^https?://[^/\s]+(/.*)?$", backend):
+        raise ConfigError(f"--backend: expected an http(s):// URL, got {backend!r}")
+    backend_access = environ.get("TRIOS3_BACKEND_ACCESS_KEY_ID")
+    backend_secret = environ.get("TRIOS3_BACKEND_SECRET_ACCESS_KEY")
+    if backend and not (backend_access and backend_secret):
+        raise ConfigError(
+            "--backend needs TRIOS3_BACKEND_ACCESS_KEY_ID and TRIOS3_BACKEND_SECRET_ACCESS_KEY"
+        )
+    memory_budget = parse_size(str(args.memory_budget), "memory-budget")
+    try:
+        admission_timeout = float(args.admission_timeout)
+    except ValueError as exc:
+        raise ConfigError(
+            f"--admission-timeout: expected seconds, got {args.admission_timeout!r}"
+        ) from exc
+    key = load_master_key(args.key_file, environ)
+    creds = load_credentials(args.credentials, environ)
+    data_dir = Path(args.data_dir)
+    generated: tuple[str, ...] = ()
+    if not backend:
+        key, creds, generated = _embedded_defaults(data_dir, key, creds)
+    if key is None:
+        raise ConfigError(
+            "no master key: give --key-file FILE or TRIOS3_MASTER_KEY (trios3 keygen makes one)"
+        )
+    if not creds:
+        raise ConfigError(
+            "no client credentials: give --credentials FILE or "
+            "TRIOS3_ACCESS_KEY_ID and TRIOS3_SECRET_ACCESS_KEY"
+        )
+    return Config(
+        listen=listen,
+        backend_url=backend,
+        backend_region=args.backend_region,
+        backend_access_key=backend_access,
+        backend_secret_key=backend_secret,
+        credentials=creds,
+        keyring=Keyring([key]),
+        tls_cert=args.tls_cert,
+        tls_key=args.tls_key,
+        data_dir=data_dir,
+        virtual_host_domain=args.virtual_host_domain,
+        memory_budget=memory_budget,
+        admission_timeout=admission_timeout,
+        generated=generated,
+    )

@@ -1,0 +1,234 @@
+"""Master keys, the per-object data key and its envelope in x-amz-meta-trios3-* metadata.
+
+The hierarchy is master key -> KEK (HKDF) -> per-object data key, wrapped with AES-256-GCM-SIV
+and bound to (format version, key id, segment size, bucket, key), so metadata copied to another
+object, or altered, fails to unwrap. See docs/FORMAT.md.
+"""
+
+from __future__ import annotations
+
+import base64
+import binascii
+import hashlib
+import hmac
+import os
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
+from typing import Protocol
+
+from cryptography.exceptions import InvalidTag
+from cryptography.hazmat.primitives import hashes
+from cryptography.hazmat.primitives.ciphers.aead import AESGCMSIV
+from cryptography.hazmat.primitives.kdf.hkdf import HKDF
+
+from trios3.core.errors import TamperedError
+from trios3.core.format import (
+    DATA_KEY_SIZE,
+    DEFAULT_SEGMENT_SIZE,
+    FORMAT_VERSION,
+    is_valid_segment_size,
+)
+
+MASTER_KEY_SIZE = 32
+WRAP_NONCE_SIZE = 12
+WRAPPED_KEY_SIZE = WRAP_NONCE_SIZE + DATA_KEY_SIZE + 16
+
+META_PREFIX = "x-amz-meta-trios3-"
+META_VERSION = META_PREFIX + "v"
+META_KEY_ID = META_PREFIX + "kid"
+META_SEGMENT_SIZE = META_PREFIX + "seg"
+META_DATA_KEY = META_PREFIX + "dek"
+
+_KEY_ID_LABEL = b"trios3 key id v1"
+_KEK_INFO = b"trios3 v1 key-encryption key"
+_WRAP_AAD_PREFIX = b"trios3 v1 wrap\x00"
+_HEX = frozenset("0123456789abcdef")
+
+
+def wrap_context(version: int, key_id: str, segment_size: int, bucket: str, key: str) -> bytes:
+    """The AAD of a wrapped data key: length-prefixed fields, so no two tuples encode alike."""
+    out = bytearray(_WRAP_AAD_PREFIX)
+    for field in (str(version), key_id, str(segment_size), bucket, key):
+        raw = field.encode("utf-8")
+        out += len(raw).to_bytes(4, "big")
+        out += raw
+    return bytes(out)
+
+
+class WrappingKey(Protocol):
+    """What the Keyring needs from a key: an id and authenticated wrap/unwrap of data keys.
+
+    A KMS-backed key can implement this (wrap = Encrypt with the context as encryption context).
+    """
+
+    @property
+    def key_id(self) -> str: ...
+
+    def wrap(self, data_key: bytes, context: bytes) -> bytes: ...
+
+    def unwrap(self, wrapped: bytes, context: bytes) -> bytes: ...
+
+
+class MasterKey:
+    """A local 32-byte master key; only its KEK and public key id are kept, never shown."""
+
+    __slots__ = ("_kek", "key_id")
+
+    def __init__(self, raw: bytes) -> None:
+        if len(raw) != MASTER_KEY_SIZE:
+            raise ValueError(f"master key must be {MASTER_KEY_SIZE} bytes, got {len(raw)}")
+        self.key_id: str = hmac.new(raw, _KEY_ID_LABEL, hashlib.sha256).digest()[:8].hex()
+        kek = HKDF(algorithm=hashes.SHA256(), length=32, salt=None, info=_KEK_INFO).derive(raw)
+        self._kek = AESGCMSIV(kek)
+
+    @classmethod
+    def from_bytes(cls, raw: bytes) -> MasterKey:
+        return cls(bytes(raw))
+
+    @classmethod
+    def from_base64(cls, text: str) -> MasterKey:
+        """Parse standard base64 (surrounding whitespace ignored); errors never echo the key."""
+        try:
+            raw = base64.b64decode("".join(text.split()), validate=True)
+        except (binascii.Error, ValueError):
+            raise ValueError("master key is not valid base64") from None
+        return cls(raw)
+
+    @staticmethod
+    def generate() -> bytes:
+        return os.urandom(MASTER_KEY_SIZE)
+
+    def __repr__(self) -> str:
+        return f"MasterKey(key_id={self.key_id!r})"
+
+    def wrap(self, data_key: bytes, context: bytes) -> bytes:
+        """nonce || ciphertext || tag; GCM-SIV, so random nonces stay safe at any volume."""
+        nonce = os.urandom(WRAP_NONCE_SIZE)
+        return nonce + self._kek.encrypt(nonce, data_key, context)
+
+    def unwrap(self, wrapped: bytes, context: bytes) -> bytes:
+        if len(wrapped) != WRAPPED_KEY_SIZE:
+            raise TamperedError("wrapped data key has the wrong length")
+        try:
+            return self._kek.decrypt(wrapped[:WRAP_NONCE_SIZE], wrapped[WRAP_NONCE_SIZE:], context)
+        except InvalidTag:
+            raise TamperedError("data key does not unwrap for this object") from None
+
+
+@dataclass(frozen=True)
+class Envelope:
+    """What the proxy stores in x-amz-meta-trios3-*: enough to unwrap the data key and read the body."""
+
+    version: int
+    key_id: str
+    segment_size: int
+    wrapped_key: bytes
+
+    def to_metadata(self) -> dict[str, str]:
+        return {
+            META_VERSION: str(self.version),
+            META_KEY_ID: self.key_id,
+            META_SEGMENT_SIZE: str(self.segment_size),
+            META_DATA_KEY: base64.b64encode(self.wrapped_key).decode("ascii"),
+        }
+
+    @classmethod
+    def from_metadata(cls, headers: Mapping[str, str]) -> Envelope | None:
+        """Parse lower-case headers; None when the proxy did not encrypt the object.
+
+        Strict: a partial or malformed envelope is TamperedError, never a passthrough, so an
+        attacker cannot make an encrypted object read as plaintext by damaging its metadata.
+        Unknown x-amz-meta-trios3-* names are ignored (all that matters is authenticated).
+        """
+        if not any(name.startswith(META_PREFIX) for name in headers):
+            return None
+        values = {}
+        for name in (META_VERSION, META_KEY_ID, META_SEGMENT_SIZE, META_DATA_KEY):
+            value = headers.get(name)
+            if value is None:
+                raise TamperedError(f"encryption metadata is missing {name}")
+            values[name] = value.strip()
+        version = _parse_decimal(values[META_VERSION], META_VERSION)
+        if version != FORMAT_VERSION:
+            raise TamperedError(f"unknown trios3 format version {values[META_VERSION]!r}")
+        key_id = values[META_KEY_ID]
+        if len(key_id) != 16 or not set(key_id) <= _HEX:
+            raise TamperedError(f"malformed {META_KEY_ID}")
+        segment_size = _parse_decimal(values[META_SEGMENT_SIZE], META_SEGMENT_SIZE)
+        if not is_valid_segment_size(segment_size):
+            raise TamperedError(f"unsupported segment size {segment_size}")
+        try:
+            wrapped = base64.b64decode(values[META_DATA_KEY], validate=True)
+        except (binascii.Error, ValueError):
+            raise TamperedError(f"malformed {META_DATA_KEY}") from None
+        if len(wrapped) != WRAPPED_KEY_SIZE:
+            raise TamperedError(f"malformed {META_DATA_KEY}")
+        return cls(version, key_id, segment_size, wrapped)
+
+
+def _parse_decimal(text: str, name: str) -> int:
+    # Canonical decimal only: the string is what the AAD binds, so "01" must not pass as 1.
+    if not text.isascii() or not text.isdigit() or (len(text) > 1 and text[0] == "0"):
+        raise TamperedError(f"malformed {name}")
+    if len(text) > 10:
+        raise TamperedError(f"malformed {name}")
+    return int(text)
+
+
+class Keyring:
+    """Master keys by id; one primary for new objects; older ones keep decrypting."""
+
+    def __init__(self, keys: Sequence[WrappingKey], primary_id: str | None = None) -> None:
+        if not keys:
+            raise ValueError("a keyring needs at least one master key")
+        self._keys: dict[str, WrappingKey] = {}
+        for k in keys:
+            if k.key_id in self._keys:
+                raise ValueError(f"master key {k.key_id} is listed twice")
+            self._keys[k.key_id] = k
+        if primary_id is None:
+            primary_id = keys[0].key_id
+        if primary_id not in self._keys:
+            raise ValueError(f"primary key {primary_id} is not in the keyring")
+        self._primary = self._keys[primary_id]
+
+    def __repr__(self) -> str:
+        return f"Keyring(keys={list(self._keys)!r}, primary={self._primary.key_id!r})"
+
+    @property
+    def primary(self) -> WrappingKey:
+        return self._primary
+
+    def _wrap(self, data_key: bytes, segment_size: int, bucket: str, key: str) -> Envelope:
+        if not is_valid_segment_size(segment_size):
+            raise ValueError(f"unsupported segment size {segment_size}")
+        master = self._primary
+        context = wrap_context(FORMAT_VERSION, master.key_id, segment_size, bucket, key)
+        return Envelope(FORMAT_VERSION, master.key_id, segment_size, master.wrap(data_key, context))
+
+    def seal_new(
+        self, bucket: str, key: str, segment_size: int = DEFAULT_SEGMENT_SIZE
+    ) -> tuple[bytes, Envelope]:
+        """A fresh data key for one upload attempt, and its envelope under the primary key."""
+        data_key = os.urandom(DATA_KEY_SIZE)
+        return data_key, self._wrap(data_key, segment_size, bucket, key)
+
+    def open(self, envelope: Envelope, bucket: str, key: str) -> bytes:
+        """The object's data key; TamperedError if the key id is unknown or unwrap fails."""
+        master = self._keys.get(envelope.key_id)
+        if master is None:
+            raise TamperedError(f"object is sealed under unknown master key {envelope.key_id}")
+        context = wrap_context(
+            envelope.version, envelope.key_id, envelope.segment_size, bucket, key
+        )
+        data_key = master.unwrap(envelope.wrapped_key, context)
+        if len(data_key) != DATA_KEY_SIZE:
+            raise TamperedError("unwrapped data key has the wrong length")
+        return data_key
+
+    def rewrap(
+        self, envelope: Envelope, src_bucket: str, src_key: str, dst_bucket: str, dst_key: str
+    ) -> Envelope:
+        """The same data key bound to the destination under the primary key (copy, rotation)."""
+        data_key = self.open(envelope, src_bucket, src_key)
+        return self._wrap(data_key, envelope.segment_size, dst_bucket, dst_key)

@@ -1,0 +1,272 @@
+"""S3 XML in and out: error documents, DeleteObjects, listings, small result documents.
+
+Everything from outside (client bodies, backend responses) is parsed with ``defusedxml``, so a
+DTD entity bomb or an external entity is refused instead of expanded. Output is built with
+``xml.etree.ElementTree``, which escapes text; characters XML 1.0 cannot carry at all (most C0
+controls) are replaced by U+FFFD so that a hostile key can never make our own output malformed.
+
+Documents accept the S3 namespace or none (some S3 implementations omit it); any other
+namespace is treated as a different document.
+"""
+
+from __future__ import annotations
+
+import re
+import xml.etree.ElementTree as ET  # output only; parsing goes through defusedxml
+from collections.abc import Callable
+
+import defusedxml.ElementTree as SafeET
+from defusedxml import DefusedXmlException
+
+from trios3.core.errors import S3Error
+
+S3_NS = "http://s3.amazonaws.com/doc/2006-03-01/"
+MAX_DELETE_OBJECTS = 1000
+
+_DECLARATION = '<?xml version="1.0" encoding="UTF-8"?>\n'
+_NOT_XML_CHAR = re.compile("[\x00-\x08\x0b\x0c\x0e-\x1f\ufffe\uffff\ud800-\udfff]")
+# Listing entries whose checksum elements describe the stored ciphertext, not the plaintext.
+_CIPHERTEXT_CHECKSUM_TAGS = ("ChecksumAlgorithm", "ChecksumType")
+_LISTING_ROOTS = {"ListBucketResult": "Contents", "ListVersionsResult": "Version"}
+
+
+# -- errors ------------------------------------------------------------------------------------
+
+
+def render_error(err: S3Error, resource: str, request_id: str) -> bytes:
+    """The ``<Error>`` document AWS sends: Code, Message, extra fields, Resource, RequestId."""
+    root = ET.Element("Error")
+    _child(root, "Code", err.code)
+    _child(root, "Message", err.message)
+    for name, value in err.fields.items():
+        _child(root, name, value)
+    _child(root, "Resource", resource)
+    _child(root, "RequestId", request_id)
+    return _serialize(root)
+
+
+def parse_error(body: bytes) -> tuple[str, str] | None:
+    """``(code, message)`` from a backend ``<Error>`` document, or None if it is not one."""
+    root = _parse(body)
+    if root is None or _local(root) != "Error":
+        return None
+    code = _text(root, "Code")
+    if not code:
+        return None
+    return code, _text(root, "Message") or ""
+
+
+# -- DeleteObjects -----------------------------------------------------------------------------
+
+
+def parse_delete_objects(body: bytes) -> tuple[bool, list[tuple[str, str | None]]]:
+    """A client's ``<Delete>`` body as ``(quiet, [(key, version_id)])``.
+
+    MalformedXML, as AWS answers, for anything but 1 to 1000 well-formed ``<Object>`` entries
+    each with one non-empty ``<Key>``. The conditional-delete fields (``ETag``,
+    ``LastModifiedTime``, ``Size``) are NotImplemented: they would be compared against the
+    stored ciphertext, not the plaintext the client knows.
+    """
+    root = _parse(body)
+    if root is None or _local(root) != "Delete":
+        raise S3Error("MalformedXML")
+    quiet = False
+    objects: list[tuple[str, str | None]] = []
+    for element in root:
+        tag = _local(element)
+        if tag == "Quiet":
+            value = (element.text or "").strip().lower()
+            if value not in ("true", "false"):
+                raise S3Error("MalformedXML")
+            quiet = value == "true"
+        elif tag == "Object":
+            objects.append(_delete_entry(element))
+            if len(objects) > MAX_DELETE_OBJECTS:
+                raise S3Error("MalformedXML")
+        else:
+            raise S3Error("MalformedXML")
+    if not objects:
+        raise S3Error("MalformedXML")
+    return quiet, objects
+
+
+def _delete_entry(element: ET.Element) -> tuple[str, str | None]:
+    fields: dict[str, str] = {}
+    for child in element:
+        tag = _local(child)
+        if tag in ("ETag", "LastModifiedTime", "Size"):
+            raise S3Error("NotImplemented", f"Conditional DeleteObjects ({tag}) is not supported.")
+        if tag not in ("Key", "VersionId") or tag in fields or len(child):
+            raise S3Error("MalformedXML")
+        fields[tag] = child.text or ""
+    key = fields.get("Key")
+    if not key:
+        raise S3Error("MalformedXML")
+    return key, fields.get("VersionId") or None
+
+
+def render_delete_result(
+    deleted: list[tuple[str, str | None]],
+    errors: list[tuple[str, str, str]],
+    quiet: bool,
+) -> bytes:
+    """``<DeleteResult>``; quiet mode lists only the errors, as AWS does."""
+    root = ET.Element("DeleteResult", xmlns=S3_NS)
+    if not quiet:
+        for key, version_id in deleted:
+            entry = ET.SubElement(root, "Deleted")
+            _child(entry, "Key", key)
+            if version_id is not None:
+                _child(entry, "VersionId", version_id)
+    for key, code, message in errors:
+        entry = ET.SubElement(root, "Error")
+        _child(entry, "Key", key)
+        _child(entry, "Code", code)
+        _child(entry, "Message", message)
+    return _serialize(root)
+
+
+def parse_delete_result(
+    body: bytes,
+) -> tuple[list[tuple[str, str | None]], list[tuple[str, str, str]]]:
+    """The backend's ``<DeleteResult>`` as ``(deleted, errors)``; InternalError if unreadable."""
+    root = _parse(body)
+    if root is None or _local(root) != "DeleteResult":
+        raise S3Error("InternalError", "The backend sent an unreadable DeleteResult.")
+    deleted: list[tuple[str, str | None]] = []
+    errors: list[tuple[str, str, str]] = []
+    for element in root:
+        tag = _local(element)
+        if tag == "Deleted":
+            deleted.append((_text(element, "Key") or "", _text(element, "VersionId")))
+        elif tag == "Error":
+            errors.append(
+                (
+                    _text(element, "Key") or "",
+                    _text(element, "Code") or "InternalError",
+                    _text(element, "Message") or "",
+                )
+            )
+    return deleted, errors
+
+
+# -- listings ----------------------------------------------------------------------------------
+
+
+def rewrite_listing(
+    body: bytes,
+    size_of: Callable[[int], int],
+    etag_of: Callable[[str, int], str],
+) -> bytes:
+    """A backend listing with each entry's Size and ETag mapped to the plaintext's.
+
+    Handles ListBucketResult (v1 and v2; entries are ``<Contents>``) and ListVersionsResult
+    (entries are ``<Version>``; delete markers carry neither and are left alone). In each entry
+    ``<Size>`` becomes ``size_of(stored_size)``, ``<ETag>`` becomes
+    ``etag_of(etag_text, stored_size)`` (the text as sent, quotes included), and the checksum
+    elements, which describe the ciphertext, are removed. Everything else is kept in order,
+    in the document's default namespace. A body that is not such a listing, or an entry
+    without an integer Size, is the backend's fault: InternalError.
+    """
+    root = _parse(body)
+    entry_tag = _LISTING_ROOTS.get(_local(root)) if root is not None else None
+    if root is None or entry_tag is None:
+        raise S3Error("InternalError", "The backend sent an unreadable listing.")
+    for entry in root:
+        if _local(entry) != entry_tag:
+            continue
+        size_element = _find(entry, "Size")
+        stored_size = _integer(size_element)
+        if size_element is None or stored_size is None:
+            raise S3Error("InternalError", "The backend listing has an entry without a Size.")
+        size_element.text = str(size_of(stored_size))
+        etag_element = _find(entry, "ETag")
+        if etag_element is not None:
+            etag_element.text = etag_of(etag_element.text or "", stored_size)
+        for child in list(entry):
+            if _local(child) in _CIPHERTEXT_CHECKSUM_TAGS:
+                entry.remove(child)
+    namespace = _namespace(root)
+    return _serialize(root, default_namespace=namespace or None)
+
+
+# -- small result documents ---------------------------------------------------------------------
+
+
+def render_copy_object_result(etag: str, last_modified: str) -> bytes:
+    """``<CopyObjectResult>``: ``etag`` as in an ETag header (quoted), ``last_modified`` ISO."""
+    root = ET.Element("CopyObjectResult", xmlns=S3_NS)
+    _child(root, "ETag", etag)
+    _child(root, "LastModified", last_modified)
+    return _serialize(root)
+
+
+def render_location(region: str) -> bytes:
+    """GetBucketLocation's answer: us-east-1 is an empty LocationConstraint, as AWS sends it."""
+    root = ET.Element("LocationConstraint", xmlns=S3_NS)
+    if region and region != "us-east-1":
+        root.text = _xml_safe(region)
+    return _serialize(root)
+
+
+# -- helpers -----------------------------------------------------------------------------------
+
+
+def _parse(body: bytes) -> ET.Element | None:
+    """The root element of a safe, well-formed document in the S3 namespace or none."""
+    try:
+        root = SafeET.fromstring(body, forbid_dtd=True)
+    except (ET.ParseError, DefusedXmlException, ValueError):
+        return None
+    if _namespace(root) not in ("", S3_NS):
+        return None
+    return root
+
+
+def _serialize(root: ET.Element, default_namespace: str | None = None) -> bytes:
+    if default_namespace:
+        try:
+            text = ET.tostring(root, encoding="unicode", default_namespace=default_namespace)
+        except ValueError:  # unqualified elements mixed in: fall back to prefixed names
+            text = ET.tostring(root, encoding="unicode")
+    else:
+        text = ET.tostring(root, encoding="unicode")
+    # ElementTree writes a carriage return in text raw, and every XML parser reads a raw one
+    # back as a newline; a key containing one must survive the round trip.
+    return (_DECLARATION + text.replace("\r", "&#13;")).encode("utf-8")
+
+
+def _child(parent: ET.Element, tag: str, text: str) -> ET.Element:
+    element = ET.SubElement(parent, tag)
+    element.text = _xml_safe(text)
+    return element
+
+
+def _xml_safe(text: str) -> str:
+    return _NOT_XML_CHAR.sub("\ufffd", text)
+
+
+def _namespace(element: ET.Element) -> str:
+    tag = element.tag
+    return tag[1 : tag.index("}")] if isinstance(tag, str) and tag.startswith("{") else ""
+
+
+def _local(element: ET.Element) -> str:
+    tag = element.tag
+    if not isinstance(tag, str):  # comments and processing instructions
+        return ""
+    return tag.rsplit("}", 1)[-1]
+
+
+def _find(parent: ET.Element, name: str) -> ET.Element | None:
+    return next((child for child in parent if _local(child) == name), None)
+
+
+def _integer(element: ET.Element | None) -> int | None:
+    text = "" if element is None else (element.text or "").strip()
+    return int(text) if text.isascii() and text.isdigit() else None
+
+
+def _text(parent: ET.Element, name: str) -> str | None:
+    element = _find(parent, name)
+    return None if element is None else (element.text or "")

@@ -1,0 +1,1 @@
+"""The S3 operations: each streams bytes between client and backend and owns what it holds."""

@@ -1,0 +1,153 @@
+"""Which headers cross the proxy, in each direction, and how they are rewritten.
+
+Allowlists, not denylists: a header the proxy does not understand could describe the
+ciphertext (checksums, lengths) or carry the client's own signature, so it does not pass.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+
+from trios3.core.errors import S3Error
+from trios3.core.etag import backend_condition, client_etag
+
+RESERVED_META = "x-amz-meta-trios3-"
+MAX_USER_METADATA = 2048
+
+# Client -> backend on uploads and copies (x-amz-meta-* handled apart).
+UPLOAD_HEADERS = frozenset(
+    {
+        "cache-control",
+        "content-disposition",
+        "content-language",
+        "content-type",
+        "expires",
+        "x-amz-acl",
+        "x-amz-grant-full-control",
+        "x-amz-grant-read",
+        "x-amz-grant-read-acp",
+        "x-amz-grant-write-acp",
+        "x-amz-object-lock-legal-hold",
+        "x-amz-object-lock-mode",
+        "x-amz-object-lock-retain-until-date",
+        "x-amz-server-side-encryption",
+        "x-amz-server-side-encryption-aws-kms-key-id",
+        "x-amz-server-side-encryption-bucket-key-enabled",
+        "x-amz-server-side-encryption-context",
+        "x-amz-storage-class",
+        "x-amz-tagging",
+        "x-amz-website-redirect-location",
+    }
+)
+# Backend -> client on GET and HEAD of objects (x-amz-meta-* handled apart).
+OBJECT_RESPONSE_HEADERS = frozenset(
+    {
+        "accept-ranges",
+        "cache-control",
+        "content-disposition",
+        "content-encoding",
+        "content-language",
+        "content-type",
+        "expires",
+        "last-modified",
+        "x-amz-delete-marker",
+        "x-amz-expiration",
+        "x-amz-object-lock-legal-hold",
+        "x-amz-object-lock-mode",
+        "x-amz-object-lock-retain-until-date",
+        "x-amz-replication-status",
+        "x-amz-restore",
+        "x-amz-server-side-encryption",
+        "x-amz-server-side-encryption-aws-kms-key-id",
+        "x-amz-server-side-encryption-bucket-key-enabled",
+        "x-amz-storage-class",
+        "x-amz-tagging-count",
+        "x-amz-version-id",
+        "x-amz-website-redirect-location",
+    }
+)
+CONDITIONS = ("if-match", "if-none-match", "if-modified-since", "if-unmodified-since")
+COPY_CONDITIONS = tuple(f"x-amz-copy-source-{c}" for c in CONDITIONS)
+# Never passed on by the bucket passthrough: they belong to the client's own hop or describe
+# a body the proxy re-sends itself.
+HOP_HEADERS = frozenset(
+    {
+        "authorization",
+        "connection",
+        "content-length",
+        "content-md5",
+        "expect",
+        "host",
+        "keep-alive",
+        "te",
+        "trailer",
+        "transfer-encoding",
+        "upgrade",
+        "x-amz-content-sha256",
+        "x-amz-date",
+        "x-amz-decoded-content-length",
+        "x-amz-sdk-checksum-algorithm",
+        "x-amz-security-token",
+        "x-amz-trailer",
+        "content-encoding",
+    }
+)
+
+
+def user_metadata(headers: Mapping[str, str]) -> list[tuple[str, str]]:
+    """The client's own ``x-amz-meta-*``; the proxy's reserved prefix is refused."""
+    meta = [(n, v) for n, v in headers.items() if n.startswith("x-amz-meta-")]
+    for name, _ in meta:
+        if name.startswith(RESERVED_META):
+            raise S3Error("InvalidArgument", f"The metadata prefix {RESERVED_META} is reserved.")
+    if sum(len(n) - len("x-amz-meta-") + len(v) for n, v in meta) > MAX_USER_METADATA:
+        raise S3Error("MetadataTooLarge", fields={"MaxSizeAllowed": str(MAX_USER_METADATA)})
+    return meta
+
+
+def reject_sse_c(headers: Mapping[str, str]) -> None:
+    """SSE-C keys would have to travel to the backend on every read: not supported."""
+    if any(n.startswith("x-amz-server-side-encryption-customer-") for n in headers):
+        raise S3Error("NotImplemented", "SSE-C is not supported through this proxy.")
+    if any(n.startswith("x-amz-copy-source-server-side-encryption-customer-") for n in headers):
+        raise S3Error("NotImplemented", "SSE-C is not supported through this proxy.")
+
+
+def upload_headers(headers: Mapping[str, str]) -> list[tuple[str, str]]:
+    """Client headers that describe the object (not its bytes), passed on to the backend."""
+    out = [(n, v) for n, v in headers.items() if n in UPLOAD_HEADERS]
+    encoding = [
+        e.strip()
+        for e in headers.get("content-encoding", "").split(",")
+        if e.strip() and e.strip().lower() != "aws-chunked"
+    ]
+    if encoding:
+        out.append(("content-encoding", ", ".join(encoding)))
+    return out
+
+
+def conditions(headers: Mapping[str, str], names=CONDITIONS) -> list[tuple[str, str]]:
+    """Conditional headers for the backend, with the proxy's ETag suffix removed."""
+    out = []
+    for name in names:
+        if name in headers:
+            value = headers[name]
+            if name.endswith("match"):
+                value = backend_condition(value)
+            out.append((name, value))
+    return out
+
+
+def object_response_headers(
+    backend_headers: Mapping[str, str], encrypted: bool
+) -> list[tuple[str, str]]:
+    """Backend object headers a client may see; checksums and lengths of ciphertext dropped."""
+    out = []
+    for name, value in backend_headers.items():
+        if name in OBJECT_RESPONSE_HEADERS or (
+            name.startswith("x-amz-meta-") and not name.startswith(RESERVED_META)
+        ):
+            out.append((name, value))
+    if "etag" in backend_headers:
+        out.append(("etag", client_etag(backend_headers["etag"], encrypted)))
+    return out

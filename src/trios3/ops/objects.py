@@ -1,0 +1,435 @@
+"""Object operations: PUT encrypts while streaming, GET decrypts while streaming.
+
+Each operation that holds body bytes takes its budget lease before anything is sent, and
+holds it until its last byte is gone: the ``async with`` blocks here are the lifetimes.
+A GET is one backend request in the common case: the stored byte window is computed from the
+client's Range and the default segment size before the object's metadata is known, and is
+fetched again only when the object turns out to be foreign or differently segmented.
+"""
+
+from __future__ import annotations
+
+import logging
+import re
+from collections.abc import AsyncIterator
+from dataclasses import dataclass
+from urllib.parse import unquote
+
+import httpx
+
+from trios3.backend import backend_error, read_limited
+from trios3.core import format as fmt
+from trios3.core.errors import S3Error, TamperedError
+from trios3.core.etag import client_etag
+from trios3.core.keys import Envelope
+from trios3.core.ranges import content_range, parse_range
+from trios3.core.s3xml import render_copy_object_result
+from trios3.exchange import Exchange
+from trios3.ops import headers as hdr
+
+log = logging.getLogger("trios3")
+
+SMALL_RESPONSE = 64 * 1024
+
+
+def stream_window(segment_size: int) -> int:
+    """Budget bytes one streaming request holds at most: the opener or sealer buffer (two
+    segments), one decrypted or sealed segment in flight, and a 64 KiB network read on each
+    side."""
+    return 3 * segment_size + 2 * 64 * 1024
+
+
+_SIMPLE_RANGE = re.compile(r"^bytes=(\d*)-(\d*)$")
+
+
+def _stored_window(range_header: str | None, segment_size: int) -> str | None:
+    """The backend Range to ask for, guessing the object is ours with the default segments.
+
+    ``a-b`` maps to the segments that cover it; ``-n`` to enough trailing segments to cover n
+    plaintext bytes wherever the last segment boundary falls. Anything else fetches all.
+    """
+    if not range_header:
+        return None
+    match = _SIMPLE_RANGE.match(range_header.strip().replace(" ", ""))
+    if not match:
+        return None
+    first, last = match.groups()
+    unit = segment_size + fmt.TAG_SIZE
+    if first and last:
+        if int(first) > int(last):
+            return None
+        return f"bytes={int(first) // segment_size * unit}-{(int(last) // segment_size + 1) * unit - 1}"
+    if first:
+        return f"bytes={int(first) // segment_size * unit}-"
+    if last and int(last) > 0:
+        segments = -(-int(last) // segment_size) + 1
+        return f"bytes=-{segments * unit}"
+    return None
+
+
+_CONTENT_RANGE = re.compile(r"^bytes (\d+)-(\d+)/(\d+)$")
+
+
+@dataclass(frozen=True)
+class Fetched:
+    """Where the bytes of a backend GET response sit in the stored object."""
+
+    start: int
+    end: int  # inclusive
+    total: int
+
+    @classmethod
+    def of(cls, response: httpx.Response) -> Fetched:
+        if response.status_code == 206:
+            match = _CONTENT_RANGE.match(response.headers.get("content-range", ""))
+            if not match:
+                raise S3Error("InternalError", "The backend sent an unreadable Content-Range.")
+            start, end, total = (int(g) for g in match.groups())
+            return cls(start, end, total)
+        length = int(response.headers.get("content-length", "0"))
+        return cls(0, length - 1, length)
+
+
+async def get_object(ex: Exchange) -> None:
+    hdr.reject_sse_c(ex.headers)
+    query = ex.query_items(
+        "versionId",
+        "response-cache-control",
+        "response-content-disposition",
+        "response-content-encoding",
+        "response-content-language",
+        "response-content-type",
+        "response-expires",
+    )
+    part = ex.target.query.get("partNumber")
+    if part is not None and part != "1":
+        # Objects the proxy writes are single-part: only part 1 exists.
+        raise S3Error(
+            "InvalidPartNumber", "The requested partnumber is not satisfiable", status=416
+        )
+    client_range = ex.headers.get("range")
+    window = _stored_window(client_range, fmt.DEFAULT_SEGMENT_SIZE)
+    async with ex.services.budget.lease(stream_window(fmt.DEFAULT_SEGMENT_SIZE)):
+        for _attempt in range(4):
+            headers = hdr.conditions(ex.headers)
+            if window:
+                headers.append(("range", window))
+            async with ex.services.backend.stream(
+                "GET", ex.bucket, ex.key, query=query, headers=headers
+            ) as response:
+                if response.status_code not in (200, 206):
+                    if response.status_code == 416 and window != client_range:
+                        # The guessed window starts past the stored end: learn the size from
+                        # the last byte, then (for a foreign object) let the backend judge.
+                        window = "bytes=-1" if window != "bytes=-1" else client_range
+                        continue
+                    raise backend_error(response, await read_limited(response, SMALL_RESPONSE))
+                envelope = Envelope.from_metadata(response.headers)
+                if envelope is None:
+                    if window != client_range:
+                        window = client_range
+                        continue
+                    await _send_foreign(ex, response)
+                    return
+                fetched = Fetched.of(response)
+                size = fmt.plaintext_size(fetched.total, envelope.segment_size)
+                if size is None:
+                    raise S3Error("InternalError", "The stored object has an impossible size.")
+                wanted = parse_range(client_range, size)
+                start, end = wanted if wanted else (0, size - 1)
+                span = fmt.span_for_range(size, start, end, envelope.segment_size)
+                if not fetched.start <= span.stored_start or span.stored_end > fetched.end:
+                    window = f"bytes={span.stored_start}-{span.stored_end}"
+                    continue
+                data_key = ex.services.keyring.open(envelope, ex.bucket, ex.key)
+                pieces = _decrypt(response, fetched, span, data_key, envelope.segment_size, size)
+                out = hdr.object_response_headers(response.headers, encrypted=True)
+                out.append(("content-length", str(span.length)))
+                status = 200
+                if wanted:
+                    status = 206
+                    out.append(("content-range", content_range(start, end, size)))
+                await _send_stream(ex, status, out, pieces)
+                return
+        raise S3Error("InternalError", "The object changed while it was being read.")
+
+
+async def _decrypt(
+    response: httpx.Response,
+    fetched: Fetched,
+    span: fmt.SegmentSpan,
+    data_key: bytes,
+    segment_size: int,
+    size: int,
+) -> AsyncIterator[bytes]:
+    """Plaintext of ``span`` from a backend response that covers it (and maybe more)."""
+    opener = fmt.SegmentOpener(data_key, segment_size, size, span.first_segment, span.last_segment)
+    drop_stored = span.stored_start - fetched.start
+    stored_left = span.stored_end - span.stored_start + 1
+    drop_plain = span.skip
+    plain_left = span.length
+
+    def trim(pieces: list[bytes]):
+        nonlocal drop_plain, plain_left
+        for piece in pieces:
+            if drop_plain:
+                cut = min(drop_plain, len(piece))
+                piece = piece[cut:]
+                drop_plain -= cut
+            piece = piece[:plain_left]
+            plain_left -= len(piece)
+            if piece:
+                yield piece
+
+    async for chunk in response.aiter_raw():
+        if drop_stored:
+            cut = min(drop_stored, len(chunk))
+            chunk = chunk[cut:]
+            drop_stored -= cut
+        chunk = chunk[:stored_left]
+        stored_left -= len(chunk)
+        for piece in trim(opener.feed(chunk)):
+            yield piece
+        if stored_left == 0:
+            break
+    for piece in trim(opener.finish()):
+        yield piece
+
+
+async def _send_stream(ex: Exchange, status: int, headers, pieces: AsyncIterator[bytes]) -> None:
+    """Send a streamed body; the first piece is decrypted before the status line, so an object
+    whose first segment is tampered with gets an error status rather than a cut body."""
+    try:
+        first = await anext(pieces, b"")
+    except TamperedError as exc:
+        raise S3Error("InternalError", "The stored object failed authentication.") from exc
+    await ex.respond.start(status, headers)
+    try:
+        if first:
+            await ex.respond.body(first, more=True)
+        async for piece in pieces:
+            await ex.respond.body(piece, more=True)
+    except TamperedError as exc:
+        # Headers are gone: the only honest thing left is to cut the body short.
+        raise S3Error("InternalError", "The stored object failed authentication.") from exc
+    await ex.respond.body(b"", more=False)
+
+
+async def _send_foreign(ex: Exchange, response: httpx.Response) -> None:
+    """An object the proxy did not encrypt: its bytes as they are (docs/FORMAT.md)."""
+    out = hdr.object_response_headers(response.headers, encrypted=False)
+    for name in ("content-length", "content-range"):
+        if name in response.headers:
+            out.append((name, response.headers[name]))
+    await ex.respond.start(response.status_code, out)
+    async for chunk in response.aiter_raw():
+        await ex.respond.body(chunk, more=True)
+    await ex.respond.body(b"", more=False)
+
+
+async def head_object(ex: Exchange) -> None:
+    hdr.reject_sse_c(ex.headers)
+    query = ex.query_items("versionId", "partNumber")
+    async with ex.services.backend.stream(
+        "HEAD", ex.bucket, ex.key, query=query, headers=hdr.conditions(ex.headers)
+    ) as response:
+        pass
+    if response.status_code != 200:
+        raise backend_error(response, b"")
+    envelope = Envelope.from_metadata(response.headers)
+    out = hdr.object_response_headers(response.headers, encrypted=envelope is not None)
+    stored = int(response.headers.get("content-length", "0"))
+    size = stored
+    if envelope is not None:
+        size = fmt.plaintext_size(stored, envelope.segment_size)
+        if size is None:
+            raise S3Error("InternalError", "The stored object has an impossible size.")
+    out.append(("content-length", str(size)))
+    await ex.respond.start(200, out)
+    await ex.respond.body(b"", more=False)
+
+
+async def put_object(ex: Exchange) -> None:
+    hdr.reject_sse_c(ex.headers)
+    meta = hdr.user_metadata(ex.headers)
+    body = ex.body
+    data_key, envelope = ex.services.keyring.seal_new(ex.bucket, ex.key)
+    headers = hdr.upload_headers(ex.headers) + meta + list(envelope.to_metadata().items())
+    headers += hdr.conditions(ex.headers, ("if-match", "if-none-match"))
+    segment_size = envelope.segment_size
+    async with ex.services.budget.lease(stream_window(segment_size)):
+        sealer = fmt.SegmentSealer(data_key, segment_size)
+
+        async def ciphertext() -> AsyncIterator[bytes]:
+            async for piece in body.chunks():
+                for sealed in sealer.feed(piece):
+                    yield sealed
+            # Only now, with every byte, signature and checksum verified, may the object
+            # become complete at the backend.
+            yield sealer.finish()
+
+        async with ex.services.backend.stream(
+            "PUT",
+            ex.bucket,
+            ex.key,
+            headers=headers,
+            body=ciphertext(),
+            content_length=fmt.stored_size(body.length, segment_size),
+        ) as response:
+            data = await read_limited(response, SMALL_RESPONSE)
+    if response.status_code != 200:
+        raise backend_error(response, data)
+    out = [("etag", client_etag(response.headers.get("etag", ""), True))]
+    out += [(n, v) for n, v in body.checks.response_headers().items()]
+    for name in ("x-amz-version-id", "x-amz-server-side-encryption"):
+        if name in response.headers:
+            out.append((name, response.headers[name]))
+    await ex.respond.whole(200, out, b"")
+
+
+async def delete_object(ex: Exchange) -> None:
+    response, data = await ex.services.backend.request(
+        "DELETE", ex.bucket, ex.key, query=ex.query_items("versionId")
+    )
+    if response.status_code not in (200, 204):
+        raise backend_error(response, data)
+    out = [
+        (n, response.headers[n])
+        for n in ("x-amz-version-id", "x-amz-delete-marker")
+        if n in response.headers
+    ]
+    await ex.respond.whole(204, out, b"")
+
+
+def _copy_source(value: str) -> tuple[str, str, str | None]:
+    """``x-amz-copy-source`` as (bucket, key, versionId)."""
+    path, _, query = value.partition("?")
+    path = unquote(path).lstrip("/")
+    bucket, _, key = path.partition("/")
+    if not bucket or not key:
+        raise S3Error(
+            "InvalidArgument",
+            "Copy Source must mention the source bucket and key: sourcebucket/sourcekey",
+        )
+    version = None
+    if query:
+        name, _, version = query.partition("=")
+        if name != "versionId" or not version:
+            raise S3Error("InvalidArgument", "Unsupported copy source parameter.")
+        version = unquote(version)
+    return bucket, key, version
+
+
+async def copy_object(ex: Exchange) -> None:
+    """Server-side copy: the ciphertext is copied by the backend and only the data key is
+    re-wrapped for the destination. A source the proxy did not encrypt is streamed through
+    the encrypting PUT path instead, so a copy never stores plaintext."""
+    hdr.reject_sse_c(ex.headers)
+    src_bucket, src_key, version = _copy_source(ex.headers["x-amz-copy-source"])
+    directive = ex.headers.get("x-amz-metadata-directive", "COPY").upper()
+    if directive not in ("COPY", "REPLACE"):
+        raise S3Error("InvalidArgument", "Unknown metadata directive.")
+    query = [("versionId", version)] if version else []
+    src_conditions = [
+        (n.removeprefix("x-amz-copy-source-"), v)
+        for n, v in hdr.conditions(ex.headers, hdr.COPY_CONDITIONS)
+    ]
+    source, _ = await ex.services.backend.request(
+        "HEAD", src_bucket, src_key, query=query, headers=src_conditions
+    )
+    if source.status_code != 200:
+        err = backend_error(source, b"")
+        if source.status_code in (304, 412):
+            raise S3Error("PreconditionFailed")
+        raise err
+    envelope = Envelope.from_metadata(source.headers)
+    if envelope is None:
+        raise S3Error(
+            "NotImplemented",
+            "Copying an object the proxy did not encrypt is not supported yet: "
+            "download and upload it through the proxy.",
+        )
+    if directive == "COPY":
+        if (src_bucket, src_key) == (ex.bucket, ex.key) and not _changes_something(ex):
+            raise S3Error(
+                "InvalidRequest",
+                "This copy request is illegal because it is trying to copy an object to itself "
+                "without changing the object's metadata, storage class, website redirect "
+                "location or encryption attributes.",
+            )
+        described = [
+            (n, v)
+            for n, v in source.headers.items()
+            if n in hdr.UPLOAD_HEADERS or n == "content-encoding"
+        ]
+        meta = [
+            (n, v)
+            for n, v in source.headers.items()
+            if n.startswith("x-amz-meta-") and not n.startswith(hdr.RESERVED_META)
+        ]
+        for name in ("x-amz-storage-class", "x-amz-tagging", "x-amz-acl"):
+            if name in ex.headers:
+                described = [(n, v) for n, v in described if n != name]
+                described.append((name, ex.headers[name]))
+    else:
+        described = hdr.upload_headers(ex.headers)
+        meta = hdr.user_metadata(ex.headers)
+    rewrapped = ex.services.keyring.rewrap(envelope, src_bucket, src_key, ex.bucket, ex.key)
+    headers = described + meta + list(rewrapped.to_metadata().items())
+    copy_source = "/" + hdr_quote(src_bucket) + "/" + hdr_quote(src_key)
+    if version:
+        copy_source += "?versionId=" + hdr_quote(version)
+    headers += [
+        ("x-amz-copy-source", copy_source),
+        ("x-amz-metadata-directive", "REPLACE"),
+        # The source must still be the one whose data key was just re-wrapped.
+        ("x-amz-copy-source-if-match", source.headers.get("etag", "")),
+    ]
+    if "x-amz-tagging-directive" in ex.headers:
+        headers.append(("x-amz-tagging-directive", ex.headers["x-amz-tagging-directive"]))
+    response, data = await ex.services.backend.request("PUT", ex.bucket, ex.key, headers=headers)
+    if response.status_code != 200:
+        raise backend_error(response, data)
+    etag, last_modified = _copy_result(data)
+    out = [(n, response.headers[n]) for n in ("x-amz-version-id",) if n in response.headers]
+    if version:
+        out.append(("x-amz-copy-source-version-id", version))
+    out.append(("content-type", "application/xml"))
+    await ex.respond.whole(
+        200, out, render_copy_object_result(client_etag(etag, True), last_modified)
+    )
+
+
+def _changes_something(ex: Exchange) -> bool:
+    return any(
+        n in ex.headers
+        for n in (
+            "x-amz-storage-class",
+            "x-amz-website-redirect-location",
+            "x-amz-server-side-encryption",
+            "x-amz-tagging",
+        )
+    )
+
+
+def _copy_result(data: bytes) -> tuple[str, str]:
+    from defusedxml import ElementTree
+
+    try:
+        root = ElementTree.fromstring(data)
+    except Exception as exc:
+        raise S3Error("InternalError", "The backend sent an unreadable copy result.") from exc
+    etag = last_modified = ""
+    for child in root:
+        tag = child.tag.rsplit("}", 1)[-1]
+        if tag == "ETag":
+            etag = child.text or ""
+        elif tag == "LastModified":
+            last_modified = child.text or ""
+    return etag, last_modified
+
+
+def hdr_quote(value: str) -> str:
+    from trios3.core.sigv4 import uri_encode
+
+    return uri_encode(value, encode_slash=False)

@@ -1,0 +1,219 @@
+"""Fixtures shared by every test layer: a real SeaweedFS, and trios3 served in front of it."""
+
+from __future__ import annotations
+
+import base64
+import datetime
+import ipaddress
+import os
+import socket
+import subprocess
+import sys
+import time
+import uuid
+from dataclasses import dataclass
+from pathlib import Path
+
+import pytest
+
+from trios3.core.keys import MasterKey
+from trios3.embedded import PORT_OPTIONS, backend_identity, find_weed, free_ports, weed_command
+
+REPO = Path(__file__).resolve().parent.parent
+
+
+@dataclass(frozen=True)
+class Endpoint:
+    url: str
+    access_key: str
+    secret_key: str
+    ca_bundle: str | None = None
+    master_key: str | None = None
+
+    def client(self, **config):
+        """A boto3 S3 client with its current default checksum behaviour."""
+        import boto3
+        from botocore.config import Config
+
+        cfg = Config(
+            s3={"addressing_style": "path"},
+            retries={"max_attempts": 1},
+            signature_version="s3v4",
+            **config,
+        )
+        return boto3.client(
+            "s3",
+            endpoint_url=self.url,
+            aws_access_key_id=self.access_key,
+            aws_secret_access_key=self.secret_key,
+            region_name="us-east-1",
+            config=cfg,
+            verify=self.ca_bundle if self.url.startswith("https") else None,
+        )
+
+
+def _wait_port(port: int, process: subprocess.Popen, what: str, timeout: float = 90) -> None:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if process.poll() is not None:
+            raise RuntimeError(f"{what} exited with {process.returncode}")
+        try:
+            socket.create_connection(("127.0.0.1", port), timeout=1).close()
+            return
+        except OSError:
+            time.sleep(0.1)
+    raise RuntimeError(f"{what} did not open port {port}")
+
+
+def _stop(process: subprocess.Popen) -> None:
+    process.terminate()
+    try:
+        process.wait(10)
+    except subprocess.TimeoutExpired:
+        process.kill()
+        process.wait()
+
+
+@pytest.fixture(scope="session")
+def seaweedfs(tmp_path_factory) -> Endpoint:
+    """A real, signature-checking S3 server for the whole session."""
+    data = tmp_path_factory.mktemp("seaweedfs")
+    access, secret, s3_config = backend_identity(data)
+    ports = dict(zip(PORT_OPTIONS, free_ports(len(PORT_OPTIONS)), strict=True))
+    log = open(data / "weed.log", "wb")  # noqa: SIM115
+    process = subprocess.Popen(
+        weed_command(find_weed(), data, s3_config, ports), stdout=log, stderr=subprocess.STDOUT
+    )
+    try:
+        _wait_port(ports["s3.port"], process, "SeaweedFS")
+        endpoint = Endpoint(f"http://127.0.0.1:{ports['s3.port']}", access, secret)
+        _wait_writable(endpoint)
+        yield endpoint
+    finally:
+        _stop(process)
+        log.close()
+
+
+def _wait_writable(endpoint: Endpoint) -> None:
+    """SeaweedFS answers on its S3 port a moment before it accepts writes."""
+    client = endpoint.client()
+    name = "probe-" + uuid.uuid4().hex[:8]
+    deadline = time.monotonic() + 60
+    while True:
+        try:
+            client.create_bucket(Bucket=name)
+            client.put_object(Bucket=name, Key="probe", Body=b"x")
+            client.delete_object(Bucket=name, Key="probe")
+            client.delete_bucket(Bucket=name)
+            return
+        except Exception:
+            if time.monotonic() > deadline:
+                raise
+            time.sleep(0.3)
+
+
+def self_signed_cert(directory: Path) -> tuple[Path, Path]:
+    """A certificate for 127.0.0.1 and localhost, made with `cryptography`."""
+    from cryptography import x509
+    from cryptography.hazmat.primitives import hashes, serialization
+    from cryptography.hazmat.primitives.asymmetric import ec
+    from cryptography.x509.oid import NameOID
+
+    key = ec.generate_private_key(ec.SECP256R1())
+    name = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, "trios3-test")])
+    now = datetime.datetime.now(datetime.UTC)
+    cert = (
+        x509.CertificateBuilder()
+        .subject_name(name)
+        .issuer_name(name)
+        .public_key(key.public_key())
+        .serial_number(x509.random_serial_number())
+        .not_valid_before(now - datetime.timedelta(days=1))
+        .not_valid_after(now + datetime.timedelta(days=30))
+        .add_extension(
+            x509.SubjectAlternativeName(
+                [x509.DNSName("localhost"), x509.IPAddress(ipaddress.ip_address("127.0.0.1"))]
+            ),
+            critical=False,
+        )
+        .add_extension(x509.BasicConstraints(ca=True, path_length=None), critical=True)
+        .sign(key, hashes.SHA256())
+    )
+    cert_path, key_path = directory / "cert.pem", directory / "key.pem"
+    cert_path.write_bytes(cert.public_bytes(serialization.Encoding.PEM))
+    key_path.write_bytes(
+        key.private_bytes(
+            serialization.Encoding.PEM,
+            serialization.PrivateFormat.PKCS8,
+            serialization.NoEncryption(),
+        )
+    )
+    return cert_path, key_path
+
+
+def start_proxy(seaweedfs: Endpoint, directory: Path, *, tls: bool = False, extra=()):
+    """`trios3 serve` as a user runs it, in front of the test SeaweedFS."""
+    port = free_ports(1)[0]
+    master = base64.b64encode(MasterKey.generate()).decode()
+    env = {
+        **os.environ,
+        "TRIOS3_BACKEND_ACCESS_KEY_ID": seaweedfs.access_key,
+        "TRIOS3_BACKEND_SECRET_ACCESS_KEY": seaweedfs.secret_key,
+        "TRIOS3_ACCESS_KEY_ID": "proxyclient",
+        "TRIOS3_SECRET_ACCESS_KEY": "proxysecret-" + uuid.uuid4().hex,
+        "TRIOS3_MASTER_KEY": master,
+    }
+    command = [
+        sys.executable,
+        "-m",
+        "trios3.cli",
+        "serve",
+        "--listen",
+        f"127.0.0.1:{port}",
+        "--backend",
+        seaweedfs.url,
+        *extra,
+    ]
+    ca = None
+    if tls:
+        cert, key = self_signed_cert(directory)
+        command += ["--tls-cert", str(cert), "--tls-key", str(key)]
+        ca = str(cert)
+    log = open(directory / "proxy.log", "wb")  # noqa: SIM115
+    process = subprocess.Popen(command, env=env, stdout=log, stderr=subprocess.STDOUT)
+    _wait_port(port, process, "trios3")
+    scheme = "https" if tls else "http"
+    endpoint = Endpoint(
+        f"{scheme}://127.0.0.1:{port}",
+        env["TRIOS3_ACCESS_KEY_ID"],
+        env["TRIOS3_SECRET_ACCESS_KEY"],
+        ca_bundle=ca,
+        master_key=master,
+    )
+    return process, endpoint, log
+
+
+@pytest.fixture(scope="session")
+def proxy(seaweedfs, tmp_path_factory) -> Endpoint:
+    """trios3 over plain HTTP."""
+    process, endpoint, log = start_proxy(seaweedfs, tmp_path_factory.mktemp("proxy"))
+    yield endpoint
+    _stop(process)
+    log.close()
+
+
+@pytest.fixture(scope="session")
+def tls_proxy(seaweedfs, tmp_path_factory) -> Endpoint:
+    """trios3 over HTTPS with a self-signed certificate (boto3 then sends aws-chunked trailers)."""
+    process, endpoint, log = start_proxy(seaweedfs, tmp_path_factory.mktemp("tlsproxy"), tls=True)
+    yield endpoint
+    _stop(process)
+    log.close()
+
+
+@pytest.fixture
+def bucket(proxy) -> str:
+    """A fresh bucket, created through the proxy."""
+    name = "t-" + uuid.uuid4().hex[:16]
+    proxy.client().create_bucket(Bucket=name)
+    return name

@@ -1,0 +1,112 @@
+"""Range header resolution, as AWS S3 answers it."""
+
+from __future__ import annotations
+
+import pytest
+
+from trios3.core.errors import S3Error
+from trios3.core.ranges import content_range, parse_range
+
+
+def invalid_range(header: str, size: int) -> S3Error:
+    with pytest.raises(S3Error) as info:
+        parse_range(header, size)
+    assert info.value.code == "InvalidRange"
+    assert info.value.status == 416
+    return info.value
+
+
+@pytest.mark.parametrize(
+    ("header", "size", "expected"),
+    [
+        ("bytes=0-0", 10, (0, 0)),
+        ("bytes=0-9", 10, (0, 9)),
+        ("bytes=2-5", 10, (2, 5)),
+        ("bytes=9-9", 10, (9, 9)),
+        ("bytes=5-100", 10, (5, 9)),  # end past the object is clamped
+        ("bytes=0-", 10, (0, 9)),
+        ("bytes=9-", 10, (9, 9)),
+        ("bytes=-1", 10, (9, 9)),
+        ("bytes=-3", 10, (7, 9)),
+        ("bytes=-10", 10, (0, 9)),
+        ("bytes=-11", 10, (0, 9)),  # a suffix longer than the object is all of it
+        ("bytes=-99999999999999999999", 10, (0, 9)),
+        ("bytes=0-0", 1, (0, 0)),
+        ("bytes=007-008", 10, (7, 8)),
+        ("BYTES=1-2", 10, (1, 2)),
+        (" bytes=1-2 ", 10, (1, 2)),
+        ("bytes=0-99999999999999999999999", 10, (0, 9)),
+    ],
+)
+def test_satisfiable_range(header, size, expected):
+    assert parse_range(header, size) == expected
+
+
+@pytest.mark.parametrize(
+    "header",
+    [
+        None,
+        "",
+        "bytes=",
+        "bytes=-",
+        "bytes=5-2",  # a > b: AWS ignores the header
+        "bytes=100-1",  # a > b even with a past the end: still ignored, not 416
+        "bytes=0-1,5-6",  # several ranges: AWS serves the whole object
+        "bytes=0-1, 5-6",
+        "bytes=-1,-2",
+        "bytes=a-b",
+        "bytes=1-2-3",
+        "bytes 1-2",
+        "items=0-1",
+        "bytes=1.5-2",
+        "bytes=+1-2",
+        "bytes= 1-2",
+        "bytes=\uff11-\uff12",  # fullwidth digits are not ASCII digits
+        "garbage",
+    ],
+)
+def test_unusable_header_is_ignored(header):
+    assert parse_range(header, 10) is None
+
+
+@pytest.mark.parametrize("header", ["bytes=10-", "bytes=10-20", "bytes=11-12", "bytes=10-10"])
+def test_start_at_or_past_the_end_is_invalid_range(header):
+    error = invalid_range(header, 10)
+    assert error.fields == {"RangeRequested": header, "ActualObjectSize": "10"}
+    assert error.headers == {"Content-Range": "bytes */10"}
+
+
+def test_zero_length_suffix_is_invalid_range():
+    error = invalid_range("bytes=-0", 10)
+    assert error.headers == {"Content-Range": "bytes */10"}
+
+
+@pytest.mark.parametrize("header", ["bytes=0-0", "bytes=0-", "bytes=0-100", "bytes=1-2"])
+def test_any_first_byte_range_on_an_empty_object_is_invalid_range(header):
+    error = invalid_range(header, 0)
+    assert error.fields == {"RangeRequested": header, "ActualObjectSize": "0"}
+    assert error.headers == {"Content-Range": "bytes */0"}
+
+
+def test_suffix_range_on_an_empty_object_serves_it_whole():
+    assert parse_range("bytes=-5", 0) is None
+    assert parse_range("bytes=-1", 0) is None
+
+
+def test_zero_length_suffix_on_an_empty_object_is_invalid_range():
+    invalid_range("bytes=-0", 0)
+
+
+def test_unusable_header_on_an_empty_object_is_ignored():
+    assert parse_range("bytes=0-1,2-3", 0) is None
+    assert parse_range("bytes=3-1", 0) is None
+
+
+def test_range_error_keeps_the_header_as_sent():
+    assert invalid_range("BYTES=20-", 10).fields["RangeRequested"] == "BYTES=20-"
+
+
+def test_content_range():
+    assert content_range(0, 0, 1) == "bytes 0-0/1"
+    assert content_range(7, 9, 10) == "bytes 7-9/10"
+    assert content_range(*parse_range("bytes=-3", 10), 10) == "bytes 7-9/10"

@@ -1,0 +1,336 @@
+"""Routing: method + path + parsed query names -> S3 operation, never substrings."""
+
+from __future__ import annotations
+
+import pytest
+
+from trios3.core.errors import S3Error
+from trios3.core.routing import BUCKET_SUBRESOURCES, OPERATIONS, Target, resolve_target
+
+DOMAIN = "s3.example.com"
+
+
+def route(method: str, path: str, query: str = "", host: str | None = None) -> Target:
+    return resolve_target(method, path, query, host, DOMAIN if host else None)
+
+
+def error_code(method: str, path: str, query: str = "", host: str | None = None) -> str:
+    with pytest.raises(S3Error) as info:
+        route(method, path, query, host)
+    return info.value.code
+
+
+@pytest.mark.parametrize(
+    ("method", "path", "query", "operation"),
+    [
+        ("GET", "/", "", "ListBuckets"),
+        ("GET", "/", "max-buckets=10&prefix=a", "ListBuckets"),
+        ("PUT", "/bkt", "", "CreateBucket"),
+        ("PUT", "/bkt/", "", "CreateBucket"),
+        ("DELETE", "/bkt", "", "DeleteBucket"),
+        ("HEAD", "/bkt", "", "HeadBucket"),
+        ("GET", "/bkt", "location", "GetBucketLocation"),
+        ("GET", "/bkt", "location=", "GetBucketLocation"),
+        ("GET", "/bkt", "uploads", "ListMultipartUploads"),
+        ("GET", "/bkt", "uploads&prefix=a%2F&max-uploads=5", "ListMultipartUploads"),
+        ("GET", "/bkt", "versions", "ListObjectVersions"),
+        ("GET", "/bkt", "versions&key-marker=k&version-id-marker=v", "ListObjectVersions"),
+        ("GET", "/bkt", "list-type=2", "ListObjectsV2"),
+        ("GET", "/bkt", "list-type=2&continuation-token=abc&fetch-owner=true", "ListObjectsV2"),
+        ("GET", "/bkt", "", "ListObjects"),
+        ("GET", "/bkt", "marker=m&max-keys=10&encoding-type=url", "ListObjects"),
+        ("POST", "/bkt", "delete", "DeleteObjects"),
+        ("POST", "/bkt", "delete=", "DeleteObjects"),
+        ("POST", "/bkt", "", "Unsupported"),  # PostObject form upload
+        ("GET", "/bkt/key", "", "GetObject"),
+        ("GET", "/bkt/key", "partNumber=2", "GetObject"),
+        ("GET", "/bkt/key", "versionId=v1", "GetObject"),
+        ("GET", "/bkt/key", "response-content-type=text%2Fplain", "GetObject"),
+        ("HEAD", "/bkt/key", "", "HeadObject"),
+        ("HEAD", "/bkt/key", "partNumber=1&versionId=v", "HeadObject"),
+        ("PUT", "/bkt/key", "", "PutObject"),
+        ("PUT", "/bkt/key", "x-id=PutObject", "PutObject"),
+        ("PUT", "/bkt/key", "partNumber=1&uploadId=u", "UploadPart"),
+        ("POST", "/bkt/key", "uploads", "CreateMultipartUpload"),
+        ("POST", "/bkt/key", "uploadId=u", "CompleteMultipartUpload"),
+        ("DELETE", "/bkt/key", "uploadId=u", "AbortMultipartUpload"),
+        ("GET", "/bkt/key", "uploadId=u", "ListParts"),
+        ("GET", "/bkt/key", "uploadId=u&part-number-marker=3&max-parts=2", "ListParts"),
+        ("DELETE", "/bkt/key", "", "DeleteObject"),
+        ("DELETE", "/bkt/key", "versionId=v", "DeleteObject"),
+        ("GET", "/bkt/key", "tagging", "ObjectTagging"),
+        ("PUT", "/bkt/key", "tagging", "ObjectTagging"),
+        ("DELETE", "/bkt/key", "tagging&versionId=v", "ObjectTagging"),
+        ("GET", "/bkt/key", "acl", "ObjectAcl"),
+        ("PUT", "/bkt/key", "acl", "ObjectAcl"),
+        ("GET", "/bkt/key", "retention", "ObjectLock"),
+        ("PUT", "/bkt/key", "retention", "ObjectLock"),
+        ("GET", "/bkt/key", "legal-hold", "ObjectLock"),
+        ("PUT", "/bkt/key", "legal-hold", "ObjectLock"),
+        ("GET", "/bkt/key", "attributes", "GetObjectAttributes"),
+        ("POST", "/bkt/key", "restore", "Unsupported"),
+        ("POST", "/bkt/key", "select&select-type=2", "Unsupported"),
+        ("GET", "/bkt/key", "torrent", "Unsupported"),
+    ],
+)
+def test_operation_is_decided_by_method_and_parameter_names(method, path, query, operation):
+    assert route(method, path, query).operation == operation
+    assert operation in OPERATIONS
+
+
+@pytest.mark.parametrize("subresource", sorted(BUCKET_SUBRESOURCES))
+@pytest.mark.parametrize("method", ["GET", "PUT", "DELETE"])
+def test_every_bucket_subresource_is_passed_through(subresource, method):
+    target = route(method, "/bkt", subresource)
+    assert target.operation == "BucketSubresource"
+    assert target.query == {subresource: ""}
+
+
+@pytest.mark.parametrize(
+    ("method", "path", "query"),
+    [
+        ("PUT", "/", ""),
+        ("DELETE", "/", ""),
+        ("POST", "/", ""),
+        ("HEAD", "/", ""),
+        ("PATCH", "/bkt", ""),
+        ("POST", "/bkt", "acl"),
+        ("PUT", "/bkt", "location"),
+        ("DELETE", "/bkt", "uploads"),
+        ("PUT", "/bkt", "versions"),
+        ("GET", "/bkt", "delete"),
+        ("POST", "/bkt/key", ""),
+        ("HEAD", "/bkt/key", "tagging"),
+        ("DELETE", "/bkt/key", "acl"),
+        ("DELETE", "/bkt/key", "retention"),
+        ("PUT", "/bkt/key", "attributes"),
+        ("GET", "/bkt/key", "restore"),
+        ("PUT", "/bkt/key", "uploads"),
+        ("OPTIONS", "/bkt/key", ""),
+    ],
+)
+def test_unknown_method_for_resource_is_method_not_allowed(method, path, query):
+    assert error_code(method, path, query) == "MethodNotAllowed"
+
+
+def test_method_is_case_insensitive():
+    assert route("get", "/bkt/key").operation == "GetObject"
+
+
+# -- the reference proxy's substring bugs ------------------------------------------------------
+
+
+def test_listing_with_prefix_uploads_is_list_objects_v2():
+    target = route("GET", "/bkt", "list-type=2&prefix=uploads/")
+    assert target.operation == "ListObjectsV2"
+    assert target.query == {"list-type": "2", "prefix": "uploads/"}
+
+
+def test_prefix_containing_location_is_a_listing():
+    assert route("GET", "/bkt", "prefix=location").operation == "ListObjects"
+    assert route("GET", "/bkt", "list-type=2&prefix=my-location%2F").operation == "ListObjectsV2"
+
+
+@pytest.mark.parametrize(
+    "query",
+    [
+        "prefix=versions",
+        "delimiter=%2F&prefix=acl",
+        "start-after=uploadId&list-type=2",
+        "marker=tagging",
+        "prefix=x%26uploads",  # an encoded '&' stays inside the value
+    ],
+)
+def test_selector_words_inside_values_never_route(query):
+    assert route("GET", "/bkt", query).operation in ("ListObjects", "ListObjectsV2")
+
+
+def test_selector_name_as_value_of_object_get_is_get_object():
+    assert route("GET", "/bkt/key", "response-content-disposition=uploads").operation == (
+        "GetObject"
+    )
+
+
+def test_parameter_names_are_case_sensitive():
+    assert route("GET", "/bkt", "Location").operation == "ListObjects"
+    assert route("GET", "/bkt", "UPLOADS").operation == "ListObjects"
+
+
+def test_conflicting_selectors_are_refused():
+    assert error_code("PUT", "/bkt/key", "tagging&partNumber=1&uploadId=u") == "InvalidArgument"
+    assert error_code("GET", "/bkt", "location&uploads") == "InvalidArgument"
+    assert error_code("GET", "/bkt/key", "acl&tagging") == "InvalidArgument"
+
+
+def test_object_only_selectors_on_a_bucket_do_not_route():
+    assert route("GET", "/bkt", "uploadId=u").operation == "ListObjects"
+
+
+def test_bucket_only_selectors_on_an_object_do_not_route():
+    assert route("GET", "/bkt/key", "versioning").operation == "GetObject"
+
+
+def test_unknown_list_type_is_invalid_argument():
+    assert error_code("GET", "/bkt", "list-type=3") == "InvalidArgument"
+
+
+@pytest.mark.parametrize("query", ["partNumber=1", "uploadId=u"])
+def test_put_with_half_of_an_upload_part_is_invalid_argument(query):
+    assert error_code("PUT", "/bkt/key", query) == "InvalidArgument"
+
+
+# -- query parsing ----------------------------------------------------------------------------
+
+
+def test_query_values_are_decoded_and_bare_names_are_empty():
+    target = route("GET", "/bkt", "list-type=2&prefix=a%20b%2Fc&delimiter=%2F&fetch-owner")
+    assert target.query == {
+        "list-type": "2",
+        "prefix": "a b/c",
+        "delimiter": "/",
+        "fetch-owner": "",
+    }
+
+
+def test_plus_in_query_is_a_space_and_encoded_plus_is_a_plus():
+    assert route("GET", "/bkt", "prefix=a+b%2Bc").query == {"prefix": "a b+c"}
+
+
+def test_unicode_query_value():
+    assert route("GET", "/bkt", "prefix=%C3%A9t%C3%A9").query == {"prefix": "été"}
+
+
+def test_repeated_query_parameter_is_invalid_argument():
+    assert error_code("GET", "/bkt", "prefix=a&prefix=b") == "InvalidArgument"
+    assert error_code("GET", "/bkt", "uploads&uploads") == "InvalidArgument"
+
+
+def test_invalid_utf8_in_query_is_invalid_uri():
+    assert error_code("GET", "/bkt", "prefix=%FF") == "InvalidURI"
+
+
+def test_too_many_query_parameters_is_invalid_argument():
+    query = "&".join(f"p{i}=x" for i in range(200))
+    assert error_code("GET", "/bkt", query) == "InvalidArgument"
+
+
+# -- keys -------------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    ("raw", "key"),
+    [
+        ("/bkt/a/b/c.txt", "a/b/c.txt"),
+        ("/bkt/a%2Fb", "a/b"),
+        ("/bkt/with%20space", "with space"),
+        ("/bkt/with space", "with space"),
+        ("/bkt/a+b", "a+b"),
+        ("/bkt/a%2Bb", "a+b"),
+        ("/bkt/%E2%82%AC%F0%9F%98%80", "€😀"),
+        ("/bkt/dir/", "dir/"),
+        ("/bkt//leading", "/leading"),
+        ("/bkt/a%25b", "a%b"),
+        ("/bkt/a?b", "a?b"),
+        ("/bkt/%3F%23", "?#"),
+        ("/bkt/..", ".."),
+        ("/bkt/a/../b", "a/../b"),
+    ],
+)
+def test_key_is_percent_decoded_and_otherwise_literal(raw, key):
+    target = route("GET", raw)
+    assert (target.operation, target.bucket, target.key) == ("GetObject", "bkt", key)
+
+
+def test_empty_key_means_the_bucket():
+    assert route("GET", "/bkt/") == Target("ListObjects", "bkt", None, {})
+    assert route("GET", "/bkt") == Target("ListObjects", "bkt", None, {})
+
+
+def test_key_of_1024_bytes_is_accepted_and_1025_is_too_long():
+    assert route("GET", "/bkt/" + "a" * 1024).key == "a" * 1024
+    assert error_code("GET", "/bkt/" + "a" * 1025) == "KeyTooLongError"
+
+
+def test_key_length_counts_utf8_bytes_not_characters():
+    euro = "%E2%82%AC"  # 3 bytes each
+    assert route("PUT", "/bkt/" + euro * 341 + "a").key == "€" * 341 + "a"  # 1024 bytes
+    assert error_code("PUT", "/bkt/" + euro * 342) == "KeyTooLongError"  # 1026 bytes
+
+
+def test_invalid_utf8_in_path_is_invalid_uri():
+    assert error_code("GET", "/bkt/%C3%28") == "InvalidURI"
+
+
+def test_path_without_leading_slash_is_invalid_uri():
+    assert error_code("GET", "bkt/key") == "InvalidURI"
+
+
+# -- bucket names -----------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("name", ["bkt", "my.bucket-1", "a", "Legacy_Bucket", "x" * 255])
+def test_legacy_bucket_names_are_accepted(name):
+    assert route("HEAD", f"/{name}").bucket == name
+
+
+@pytest.mark.parametrize(
+    "raw",
+    ["/..", "/.", "/%2E%2E/key", "/a%2Fb/key", "/bad%00name", "/bad%0Aname", "/sp%20ace",
+     "/" + "x" * 256, "/b%C3%A9", "/a:b", "//key"],
+)  # fmt: skip
+def test_bad_bucket_names_are_invalid_bucket_name(raw):
+    assert error_code("GET", raw) == "InvalidBucketName"
+
+
+# -- virtual-hosted style ---------------------------------------------------------------------
+
+
+def test_virtual_hosted_bucket_takes_the_whole_path_as_key():
+    target = route("GET", "/a/b%20c", host="bkt.s3.example.com")
+    assert (target.operation, target.bucket, target.key) == ("GetObject", "bkt", "a/b c")
+
+
+def test_virtual_hosted_root_is_the_bucket():
+    assert route("GET", "/", "list-type=2", host="bkt.s3.example.com") == Target(
+        "ListObjectsV2", "bkt", None, {"list-type": "2"}
+    )
+    assert route("PUT", "/", host="bkt.s3.example.com").operation == "CreateBucket"
+    assert route("POST", "/", "delete", host="bkt.s3.example.com").operation == "DeleteObjects"
+
+
+def test_virtual_hosted_host_ignores_port_and_case():
+    target = route("PUT", "/k", host="My.Bucket.S3.Example.COM:8443")
+    assert (target.bucket, target.key, target.operation) == ("my.bucket", "k", "PutObject")
+
+
+def test_virtual_hosted_key_may_start_with_a_slash_segment():
+    assert route("GET", "//k", host="bkt.s3.example.com").key == "/k"
+
+
+def test_host_equal_to_domain_is_path_style():
+    target = route("GET", "/bkt/key", host="s3.example.com:9000")
+    assert (target.bucket, target.key) == ("bkt", "key")
+    assert route("GET", "/", host="s3.example.com").operation == "ListBuckets"
+
+
+def test_other_hosts_are_path_style():
+    for host in ("127.0.0.1:9000", "[::1]:9000", "bkt.other.com", "evils3.example.com"):
+        target = route("GET", "/bkt/key", host=host)
+        assert (target.bucket, target.key) == ("bkt", "key")
+
+
+def test_without_a_domain_host_is_ignored():
+    target = resolve_target("GET", "/bkt/key", "", "other.s3.example.com", None)
+    assert (target.bucket, target.key) == ("bkt", "key")
+
+
+def test_virtual_hosted_invalid_bucket_is_refused():
+    assert error_code("GET", "/k", host="bad_bucket!.s3.example.com") == "InvalidBucketName"
+
+
+def test_virtual_hosted_key_too_long():
+    assert error_code("PUT", "/" + "k" * 1025, host="bkt.s3.example.com") == "KeyTooLongError"
+
+
+def test_operations_constant_names_every_route():
+    assert len(OPERATIONS) == 25

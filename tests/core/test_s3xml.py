@@ -1,0 +1,440 @@
+"""S3 XML: error documents, DeleteObjects in and out, listing rewrite checked with botocore."""
+
+from __future__ import annotations
+
+import copy
+import types
+import xml.etree.ElementTree as ET
+
+import botocore.handlers
+import botocore.parsers
+import botocore.session
+import pytest
+
+from trios3.core.errors import S3Error
+from trios3.core.s3xml import (
+    S3_NS,
+    parse_delete_objects,
+    parse_delete_result,
+    parse_error,
+    render_copy_object_result,
+    render_delete_result,
+    render_error,
+    render_location,
+    rewrite_listing,
+)
+
+DECLARATION = b'<?xml version="1.0" encoding="UTF-8"?>\n'
+
+
+@pytest.fixture(scope="module")
+def s3_model():
+    return botocore.session.get_session().get_service_model("s3")
+
+
+def boto_parse(model, operation: str, body: bytes, status: int = 200) -> dict:
+    parsed = botocore.parsers.RestXMLParser().parse(
+        {"body": body, "headers": {}, "status_code": status},
+        model.operation_model(operation).output_shape,
+    )
+    parsed.pop("ResponseMetadata", None)
+    return parsed
+
+
+def malformed(body: bytes) -> None:
+    with pytest.raises(S3Error) as info:
+        parse_delete_objects(body)
+    assert info.value.code == "MalformedXML"
+
+
+# -- errors ------------------------------------------------------------------------------------
+
+
+def test_render_error_layout_and_escaping():
+    err = S3Error("NoSuchKey", "no <such> & key", fields={"Key": "a<&>b"})
+    body = render_error(err, "/bkt/a<&>b", "req-1")
+    assert body == (
+        DECLARATION + b"<Error><Code>NoSuchKey</Code><Message>no &lt;such&gt; &amp; key</Message>"
+        b"<Key>a&lt;&amp;&gt;b</Key><Resource>/bkt/a&lt;&amp;&gt;b</Resource>"
+        b"<RequestId>req-1</RequestId></Error>"
+    )
+
+
+def test_render_error_keeps_field_order_and_default_message():
+    err = S3Error("InvalidRange", fields={"RangeRequested": "bytes=9-", "ActualObjectSize": "3"})
+    root = ET.fromstring(render_error(err, "/b/k", "r"))
+    assert [child.tag for child in root] == [
+        "Code", "Message", "RangeRequested", "ActualObjectSize", "Resource", "RequestId",
+    ]  # fmt: skip
+    assert root.findtext("Message") == "The requested range is not satisfiable"
+
+
+def test_render_error_output_is_well_formed_even_with_control_characters():
+    body = render_error(S3Error("NoSuchKey"), "/bkt/a\x01b\x00", "r")
+    assert ET.fromstring(body).findtext("Resource") == "/bkt/a\ufffdb\ufffd"
+
+
+def test_render_error_is_what_botocore_reads(s3_model):
+    body = render_error(S3Error("NoSuchBucket", fields={"BucketName": "b"}), "/b", "rid")
+    parsed = boto_parse(s3_model, "ListObjects", body, status=404)
+    assert parsed["Error"]["Code"] == "NoSuchBucket"
+    assert parsed["Error"]["Message"] == "The specified bucket does not exist"
+    assert parsed["Error"]["BucketName"] == "b"
+
+
+def test_parse_error_reads_a_backend_error():
+    body = (
+        b'<?xml version="1.0" encoding="UTF-8"?>\n<Error><Code>NoSuchUpload</Code>'
+        b"<Message>The specified multipart upload does not exist.</Message>"
+        b"<UploadId>x</UploadId><RequestId>1</RequestId><HostId>h</HostId></Error>"
+    )
+    assert parse_error(body) == ("NoSuchUpload", "The specified multipart upload does not exist.")
+
+
+def test_parse_error_accepts_the_s3_namespace_and_a_missing_message():
+    body = f'<Error xmlns="{S3_NS}"><Code>SlowDown</Code></Error>'.encode()
+    assert parse_error(body) == ("SlowDown", "")
+
+
+@pytest.mark.parametrize(
+    "body",
+    [
+        b"",
+        b"not xml",
+        b"<html><body>502 Bad Gateway</body></html>",
+        b"<Error><Message>no code</Message></Error>",
+        b"<Error><Code></Code></Error>",
+        b'<Error xmlns="urn:other"><Code>X</Code></Error>',
+        b'<!DOCTYPE x [<!ENTITY a "b">]><Error><Code>&a;</Code></Error>',
+    ],
+)
+def test_parse_error_returns_none_for_anything_else(body):
+    assert parse_error(body) is None
+
+
+# -- DeleteObjects request ---------------------------------------------------------------------
+
+
+def test_parse_delete_objects_with_namespace_quiet_and_versions():
+    body = (
+        f'<?xml version="1.0" encoding="UTF-8"?>\n<Delete xmlns="{S3_NS}">'
+        "<Object><Key>a/b.txt</Key></Object>"
+        "<Object><Key> spaced key </Key><VersionId>v1</VersionId></Object>"
+        "<Quiet>true</Quiet></Delete>"
+    ).encode()
+    assert parse_delete_objects(body) == (True, [("a/b.txt", None), (" spaced key ", "v1")])
+
+
+def test_parse_delete_objects_without_namespace_and_escaped_keys():
+    body = (
+        "<Delete><Quiet>false</Quiet><Object><Key>a&amp;b&lt;c&#13;</Key></Object>"
+        "<Object><Key>été</Key><VersionId></VersionId></Object></Delete>"
+    ).encode()
+    assert parse_delete_objects(body) == (False, [("a&b<c\r", None), ("été", None)])
+
+
+def test_parse_delete_objects_quiet_defaults_to_false():
+    assert parse_delete_objects(b"<Delete><Object><Key>k</Key></Object></Delete>") == (
+        False,
+        [("k", None)],
+    )
+
+
+def test_parse_delete_objects_accepts_what_botocore_sends(s3_model):
+    from botocore.serialize import RestXMLSerializer
+
+    request = RestXMLSerializer().serialize_to_request(
+        {
+            "Bucket": "bkt",
+            "Delete": {
+                "Objects": [{"Key": "x<y"}, {"Key": "k2", "VersionId": "v"}],
+                "Quiet": True,
+            },
+        },
+        s3_model.operation_model("DeleteObjects"),
+    )
+    assert parse_delete_objects(request["body"]) == (True, [("x<y", None), ("k2", "v")])
+
+
+def test_parse_delete_objects_takes_1000_objects_and_refuses_1001():
+    def body(count: int) -> bytes:
+        objects = "".join(f"<Object><Key>k{i}</Key></Object>" for i in range(count))
+        return f"<Delete>{objects}</Delete>".encode()
+
+    assert len(parse_delete_objects(body(1000))[1]) == 1000
+    malformed(body(1001))
+
+
+@pytest.mark.parametrize(
+    "body",
+    [
+        b"",
+        b"<Delete>",
+        b"not xml at all",
+        b"<Delete></Delete>",
+        b"<Delete><Quiet>true</Quiet></Delete>",
+        b"<Delete><Object></Object></Delete>",
+        b"<Delete><Object><VersionId>v</VersionId></Object></Delete>",
+        b"<Delete><Object><Key></Key></Object></Delete>",
+        b"<Delete><Object><Key>a</Key><Key>b</Key></Object></Delete>",
+        b"<Delete><Object><Key>a</Key><Bogus/></Object></Delete>",
+        b"<Delete><Object><Key><b>x</b></Key></Object></Delete>",
+        b"<Delete><Object><Key>a</Key></Object><Other/></Delete>",
+        b"<Delete><Quiet>maybe</Quiet><Object><Key>a</Key></Object></Delete>",
+        b"<NotDelete><Object><Key>a</Key></Object></NotDelete>",
+        b'<Delete xmlns="urn:other"><Object><Key>a</Key></Object></Delete>',
+    ],
+)
+def test_parse_delete_objects_malformed(body):
+    malformed(body)
+
+
+def test_parse_delete_objects_refuses_an_entity_bomb():
+    bomb = (
+        b'<?xml version="1.0"?>\n<!DOCTYPE lolz [\n <!ENTITY lol "lol">\n'
+        + b"".join(
+            f' <!ENTITY lol{i} "{("&lol" + (str(i - 1) if i > 1 else "") + ";") * 10}">\n'.encode()
+            for i in range(1, 10)
+        )
+        + b"]>\n<Delete><Object><Key>&lol9;</Key></Object></Delete>"
+    )
+    malformed(bomb)
+
+
+def test_parse_delete_objects_refuses_external_entities_and_bare_dtds():
+    malformed(
+        b'<!DOCTYPE d [<!ENTITY xxe SYSTEM "file:///etc/passwd">]>'
+        b"<Delete><Object><Key>&xxe;</Key></Object></Delete>"
+    )
+    malformed(b"<!DOCTYPE Delete><Delete><Object><Key>k</Key></Object></Delete>")
+
+
+def test_parse_delete_objects_conditional_fields_are_not_implemented():
+    with pytest.raises(S3Error) as info:
+        parse_delete_objects(b'<Delete><Object><Key>k</Key><ETag>"e"</ETag></Object></Delete>')
+    assert info.value.code == "NotImplemented"
+
+
+# -- DeleteObjects result ----------------------------------------------------------------------
+
+
+def test_render_delete_result_is_what_botocore_reads(s3_model):
+    body = render_delete_result(
+        [("a&b", None), ("k", "v1")], [("bad<key", "AccessDenied", "Access Denied")], quiet=False
+    )
+    assert boto_parse(s3_model, "DeleteObjects", body) == {
+        "Deleted": [{"Key": "a&b"}, {"Key": "k", "VersionId": "v1"}],
+        "Errors": [{"Key": "bad<key", "Code": "AccessDenied", "Message": "Access Denied"}],
+    }
+
+
+def test_render_delete_result_quiet_lists_only_errors(s3_model):
+    body = render_delete_result([("a", None)], [("b", "InternalError", "x")], quiet=True)
+    assert boto_parse(s3_model, "DeleteObjects", body) == {
+        "Errors": [{"Key": "b", "Code": "InternalError", "Message": "x"}]
+    }
+    assert body.startswith(DECLARATION + f'<DeleteResult xmlns="{S3_NS}"'.encode())
+
+
+def test_parse_delete_result_of_the_backend():
+    body = (
+        f'<?xml version="1.0" encoding="UTF-8"?>\n<DeleteResult xmlns="{S3_NS}">'
+        "<Deleted><Key>a</Key></Deleted>"
+        "<Deleted><Key>b</Key><VersionId>v2</VersionId><DeleteMarker>true</DeleteMarker>"
+        "<DeleteMarkerVersionId>m</DeleteMarkerVersionId></Deleted>"
+        "<Error><Key>c</Key><Code>AccessDenied</Code><Message>Access Denied</Message></Error>"
+        "</DeleteResult>"
+    ).encode()
+    assert parse_delete_result(body) == (
+        [("a", None), ("b", "v2")],
+        [("c", "AccessDenied", "Access Denied")],
+    )
+
+
+def test_parse_delete_result_round_trips_render():
+    deleted, errors = [("x y", None), ("z", "v")], [("q", "AccessDenied", "no")]
+    assert parse_delete_result(render_delete_result(deleted, errors, quiet=False)) == (
+        deleted,
+        errors,
+    )
+
+
+@pytest.mark.parametrize("body", [b"", b"<Error><Code>X</Code></Error>", b"junk"])
+def test_parse_delete_result_unreadable_is_internal_error(body):
+    with pytest.raises(S3Error) as info:
+        parse_delete_result(body)
+    assert info.value.code == "InternalError"
+
+
+# -- listings ----------------------------------------------------------------------------------
+
+# ListObjectsV2 as AWS sends it for encoding-type=url, delimiter, fetch-owner, with checksums.
+LIST_V2 = f"""<?xml version="1.0" encoding="UTF-8"?>
+<ListBucketResult xmlns="{S3_NS}"><Name>my-bucket</Name><Prefix>photos%2F</Prefix><StartAfter>photos%2Fa</StartAfter><ContinuationToken>1ueGcxLPRx1Tr/XYExHnhbYLgveDs2J/wm36Hy4vbOwM=</ContinuationToken><NextContinuationToken>1NHM+bW8pUxN8/4NjIaUGHkfNcO0E5MzV</NextContinuationToken><KeyCount>4</KeyCount><MaxKeys>3</MaxKeys><Delimiter>%2F</Delimiter><EncodingType>url</EncodingType><IsTruncated>true</IsTruncated><Contents><Key>photos%2Fa%2Bb+c.jpg</Key><LastModified>2024-05-01T10:20:30.000Z</LastModified><ETag>&quot;599bab3ed2c697f1d26842727561fd94&quot;</ETag><ChecksumAlgorithm>CRC64NVME</ChecksumAlgorithm><ChecksumType>FULL_OBJECT</ChecksumType><Size>1052</Size><Owner><ID>75aa57f09aa0c8caeab4f8c24e99d10f8e7faeebf76c078efc7c6caea54ba06a</ID><DisplayName>owner</DisplayName></Owner><StorageClass>STANDARD</StorageClass></Contents><Contents><Key>photos%2F%E2%82%AC</Key><LastModified>2024-05-02T10:20:30.000Z</LastModified><ETag>&quot;d41d8cd98f00b204e9800998ecf8427e-3&quot;</ETag><ChecksumAlgorithm>CRC32</ChecksumAlgorithm><ChecksumAlgorithm>SHA256</ChecksumAlgorithm><ChecksumType>COMPOSITE</ChecksumType><Size>15728768</Size><StorageClass>STANDARD_IA</StorageClass><RestoreStatus><IsRestoreInProgress>false</IsRestoreInProgress></RestoreStatus></Contents><CommonPrefixes><Prefix>photos%2F2023%2F</Prefix></CommonPrefixes><CommonPrefixes><Prefix>photos%2F2024%2F</Prefix></CommonPrefixes></ListBucketResult>""".encode()  # noqa: E501
+
+# ListObjects (v1), pretty-printed the way some S3 implementations send it, with NextMarker.
+LIST_V1 = f"""<?xml version="1.0" encoding="UTF-8"?>
+<ListBucketResult xmlns="{S3_NS}">
+  <Name>bkt</Name>
+  <Prefix></Prefix>
+  <Marker>a</Marker>
+  <NextMarker>dir/z&amp;y</NextMarker>
+  <MaxKeys>2</MaxKeys>
+  <Delimiter>/</Delimiter>
+  <IsTruncated>true</IsTruncated>
+  <Contents>
+    <Key>b &lt;odd&gt; key&#13;</Key>
+    <LastModified>2023-01-01T00:00:00.000Z</LastModified>
+    <ETag>"0cc175b9c0f1b6a831c399e269772661"</ETag>
+    <Size>60</Size>
+    <Owner><ID>abc</ID><DisplayName>me</DisplayName></Owner>
+    <StorageClass>STANDARD</StorageClass>
+  </Contents>
+  <Contents>
+    <Key>c</Key>
+    <LastModified>2023-01-02T00:00:00.000Z</LastModified>
+    <ETag>"92eb5ffee6ae2fec3ad71c777531578f"</ETag>
+    <Size>0</Size>
+    <StorageClass>STANDARD</StorageClass>
+  </Contents>
+  <CommonPrefixes><Prefix>dir/</Prefix></CommonPrefixes>
+</ListBucketResult>
+""".encode()
+
+LIST_VERSIONS = f"""<?xml version="1.0" encoding="UTF-8"?>
+<ListVersionsResult xmlns="{S3_NS}"><Name>bkt</Name><Prefix></Prefix><KeyMarker></KeyMarker><VersionIdMarker></VersionIdMarker><NextKeyMarker>k2</NextKeyMarker><NextVersionIdMarker>v3</NextVersionIdMarker><MaxKeys>3</MaxKeys><IsTruncated>true</IsTruncated><Version><Key>k1</Key><VersionId>v1</VersionId><IsLatest>true</IsLatest><LastModified>2024-01-01T00:00:00.000Z</LastModified><ETag>"aaaa"</ETag><ChecksumAlgorithm>CRC32</ChecksumAlgorithm><ChecksumType>FULL_OBJECT</ChecksumType><Size>100</Size><StorageClass>STANDARD</StorageClass><Owner><ID>o</ID></Owner></Version><DeleteMarker><Key>k2</Key><VersionId>v2</VersionId><IsLatest>true</IsLatest><LastModified>2024-01-02T00:00:00.000Z</LastModified><Owner><ID>o</ID></Owner></DeleteMarker><Version><Key>k2</Key><VersionId>v3</VersionId><IsLatest>false</IsLatest><LastModified>2023-12-31T00:00:00.000Z</LastModified><ETag>"bbbb-2"</ETag><Size>200</Size><StorageClass>STANDARD</StorageClass></Version></ListVersionsResult>""".encode()  # noqa: E501
+
+
+def size_of(stored: int) -> int:
+    return max(0, stored - 52)
+
+
+def etag_of(etag: str, stored: int) -> str:
+    return f'"plain-{etag.strip(chr(34))}-{stored}"'
+
+
+def expected_entry(entry: dict) -> dict:
+    entry = copy.deepcopy(entry)
+    entry.pop("ChecksumAlgorithm", None)
+    entry.pop("ChecksumType", None)
+    stored = entry["Size"]
+    entry["Size"] = size_of(stored)
+    entry["ETag"] = etag_of(entry["ETag"], stored)
+    return entry
+
+
+@pytest.mark.parametrize(
+    ("operation", "body", "entries"),
+    [
+        ("ListObjectsV2", LIST_V2, "Contents"),
+        ("ListObjects", LIST_V1, "Contents"),
+        ("ListObjectVersions", LIST_VERSIONS, "Versions"),
+    ],
+)
+def test_rewrite_listing_changes_only_sizes_etags_and_checksums(s3_model, operation, body, entries):
+    before = boto_parse(s3_model, operation, body)
+    after = boto_parse(s3_model, operation, rewrite_listing(body, size_of, etag_of))
+    expected = copy.deepcopy(before)
+    expected[entries] = [expected_entry(entry) for entry in before[entries]]
+    assert after == expected
+    assert before[entries] and all("ChecksumAlgorithm" not in e for e in after[entries])
+
+
+def test_rewrite_listing_v2_details_survive(s3_model):
+    after = boto_parse(s3_model, "ListObjectsV2", rewrite_listing(LIST_V2, size_of, etag_of))
+    assert after["EncodingType"] == "url"
+    assert after["NextContinuationToken"] == "1NHM+bW8pUxN8/4NjIaUGHkfNcO0E5MzV"
+    assert [p["Prefix"] for p in after["CommonPrefixes"]] == [
+        "photos%2F2023%2F",
+        "photos%2F2024%2F",
+    ]
+    assert after["Contents"][0]["Key"] == "photos%2Fa%2Bb+c.jpg"
+    assert after["Contents"][0]["Size"] == 1000
+    assert after["Contents"][0]["ETag"] == '"plain-599bab3ed2c697f1d26842727561fd94-1052"'
+
+
+def test_rewrite_listing_v1_keeps_next_marker_and_odd_keys(s3_model):
+    after = boto_parse(s3_model, "ListObjects", rewrite_listing(LIST_V1, size_of, etag_of))
+    assert after["NextMarker"] == "dir/z&y"
+    assert after["Contents"][0]["Key"] == "b <odd> key\r"
+    assert after["Contents"][1]["Size"] == 0
+
+
+def test_rewrite_listing_keeps_the_default_namespace_and_order():
+    out = rewrite_listing(LIST_V2, size_of, etag_of)
+    assert out.startswith(DECLARATION + f'<ListBucketResult xmlns="{S3_NS}"><Name>'.encode())
+    assert b"ns0:" not in out
+    root = ET.fromstring(out)
+    assert [child.tag.split("}")[1] for child in root[:10]] == [
+        "Name", "Prefix", "StartAfter", "ContinuationToken", "NextContinuationToken",
+        "KeyCount", "MaxKeys", "Delimiter", "EncodingType", "IsTruncated",
+    ]  # fmt: skip
+    contents = root.find(f"{{{S3_NS}}}Contents")
+    assert [child.tag.split("}")[1] for child in contents] == [
+        "Key", "LastModified", "ETag", "Size", "Owner", "StorageClass",
+    ]  # fmt: skip
+
+
+def test_rewrite_listing_without_a_namespace_stays_without_one(s3_model):
+    body = LIST_V1.replace(f' xmlns="{S3_NS}"'.encode(), b"")
+    out = rewrite_listing(body, size_of, etag_of)
+    assert b"xmlns" not in out
+    assert boto_parse(s3_model, "ListObjects", out)["Contents"][0]["Size"] == 8
+
+
+def test_rewrite_listing_passes_the_etag_text_and_stored_size():
+    calls = []
+    rewrite_listing(LIST_VERSIONS, lambda n: n, lambda e, n: calls.append((e, n)) or e)
+    assert calls == [('"aaaa"', 100), ('"bbbb-2"', 200)]
+
+
+def test_rewrite_listing_of_an_empty_listing():
+    body = f'<ListBucketResult xmlns="{S3_NS}"><Name>b</Name><KeyCount>0</KeyCount>'
+    body += "</ListBucketResult>"
+    out = rewrite_listing(body.encode(), size_of, etag_of)
+    assert out == DECLARATION + body.encode()
+
+
+@pytest.mark.parametrize(
+    "body",
+    [
+        b"",
+        b"<Error><Code>NoSuchBucket</Code></Error>",
+        b"<ListBucketResult><Contents><Key>k</Key></Contents></ListBucketResult>",
+        b"<ListBucketResult><Contents><Key>k</Key><Size>-1</Size></Contents></ListBucketResult>",
+        b"<ListBucketResult><Contents><Key>k</Key><Size>x</Size></Contents></ListBucketResult>",
+        b'<!DOCTYPE a [<!ENTITY b "c">]><ListBucketResult/>',
+    ],
+)
+def test_rewrite_listing_of_garbage_is_internal_error(body):
+    with pytest.raises(S3Error) as info:
+        rewrite_listing(body, size_of, etag_of)
+    assert info.value.code == "InternalError"
+
+
+# -- small documents ---------------------------------------------------------------------------
+
+
+def test_render_copy_object_result_is_what_botocore_reads(s3_model):
+    body = render_copy_object_result('"abc"', "2024-05-01T10:20:30.000Z")
+    parsed = boto_parse(s3_model, "CopyObject", body)
+    assert parsed["CopyObjectResult"]["ETag"] == '"abc"'
+    assert parsed["CopyObjectResult"]["LastModified"].year == 2024
+
+
+def bucket_location(body: bytes) -> str | None:
+    """What botocore's own GetBucketLocation handler makes of the body."""
+    parsed: dict = {}
+    response = types.SimpleNamespace(raw=object(), content=body)
+    botocore.handlers.parse_get_bucket_location(parsed, response)
+    return parsed["LocationConstraint"]
+
+
+def test_render_location_us_east_1_is_empty():
+    body = render_location("us-east-1")
+    assert body == DECLARATION + f'<LocationConstraint xmlns="{S3_NS}" />'.encode()
+    assert bucket_location(body) is None
+
+
+def test_render_location_other_region():
+    assert bucket_location(render_location("eu-central-1")) == "eu-central-1"
