@@ -47,7 +47,10 @@ def round_trip(segment_size: int, total: int) -> tuple[float, float]:
     del parts
     assert len(stored) == stored_size(total, segment_size)
     view = memoryview(stored)
-    reads = [view[offset : offset + READ] for offset in range(0, len(stored), READ)]
+    # Separate bytes objects, as an HTTP client hands them over.
+    reads = [bytes(view[offset : offset + READ]) for offset in range(0, len(stored), READ)]
+    view.release()
+    del stored
     best_seal = best_open = float("inf")
     for _ in range(REPEATS):
         # Sealed segments are dropped at once, as the app sends each on; keeping 256 MiB of

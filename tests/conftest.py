@@ -65,10 +65,10 @@ def _wait_port(port: int, process: subprocess.Popen, what: str, timeout: float =
     raise RuntimeError(f"{what} did not open port {port}")
 
 
-def _stop(process: subprocess.Popen) -> None:
+def _stop(process: subprocess.Popen, grace: float = 10) -> None:
     process.terminate()
     try:
-        process.wait(10)
+        process.wait(grace)
     except subprocess.TimeoutExpired:
         process.kill()
         process.wait()
@@ -90,7 +90,7 @@ def seaweedfs(tmp_path_factory) -> Endpoint:
         _wait_writable(endpoint)
         yield endpoint
     finally:
-        _stop(process)
+        _stop(process, grace=3)  # SeaweedFS takes its time over SIGTERM; its data is scratch
         log.close()
 
 

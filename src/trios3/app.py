@@ -48,6 +48,7 @@ OPERATIONS: dict[str, Operation] = {
     "GetObject": objects.get_object,
     "HeadObject": objects.head_object,
     "PutObject": objects.put_object,
+    "CopyObject": objects.copy_object,
     "DeleteObject": objects.delete_object,
     "ObjectTagging": buckets.passthrough,
     "ObjectAcl": buckets.passthrough,
@@ -60,6 +61,7 @@ MULTIPART = {
     "AbortMultipartUpload",
     "ListParts",
     "ListMultipartUploads",
+    "UploadPartCopy",
 }
 
 
@@ -139,8 +141,8 @@ class S3Proxy:
             nursery.start_soon(channel.run)
             try:
                 exchange = self._authenticate(scope, channel, respond)
-                operation = exchange.target.operation
-                await self._dispatch(exchange)
+                operation = _operation_name(exchange)
+                await self._dispatch(operation, exchange)
             except S3Error as err:
                 if respond.started:
                     log.warning(
@@ -202,11 +204,7 @@ class S3Proxy:
             respond=respond,
         )
 
-    async def _dispatch(self, exchange: Exchange) -> None:
-        name = exchange.target.operation
-        if name == "PutObject" and "x-amz-copy-source" in exchange.headers:
-            await objects.copy_object(exchange)
-            return
+    async def _dispatch(self, name: str, exchange: Exchange) -> None:
         if name in MULTIPART:
             raise S3Error(
                 "NotImplemented", "Multipart uploads are not supported by this proxy yet."
@@ -215,6 +213,14 @@ class S3Proxy:
         if operation is None:
             raise S3Error("NotImplemented", f"{name} is not supported by this proxy.")
         await operation(exchange)
+
+
+def _operation_name(exchange: Exchange) -> str:
+    """The S3 operation; a PUT with a copy source is a copy (routing sees no headers)."""
+    name = exchange.target.operation
+    if "x-amz-copy-source" in exchange.headers:
+        name = {"PutObject": "CopyObject", "UploadPart": "UploadPartCopy"}.get(name, name)
+    return name
 
 
 def _carries_auth(scope) -> bool:

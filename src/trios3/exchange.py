@@ -9,7 +9,8 @@ from __future__ import annotations
 
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
-from email.utils import formatdate
+
+import trio
 
 from trios3.backend import Backend
 from trios3.body import ClientChannel, RequestBody
@@ -44,7 +45,6 @@ class Responder:
 
     async def start(self, status: int, headers: Sequence[tuple[str, str]]) -> None:
         out = [(b"x-amz-request-id", self.request_id.encode())]
-        out.append((b"date", formatdate(usegmt=True).encode()))
         out += [(n.lower().encode("latin-1"), v.encode("latin-1")) for n, v in headers]
         self.started = True
         self.status = status
@@ -54,7 +54,15 @@ class Responder:
         if self.head_only:
             data = b""
         self.bytes_sent += len(data)
-        await self._send({"type": "http.response.body", "body": data, "more_body": more})
+        message = {"type": "http.response.body", "body": data, "more_body": more}
+        if more:
+            await self._send(message)
+            return
+        # Sending the last message makes hypercorn recycle the connection (and tell this
+        # request's channel it is over) inside this very call; a cancel landing here would cut
+        # that short and leave the keep-alive connection without its idle timer.
+        with trio.CancelScope(shield=True):
+            await self._send(message)
 
     async def whole(self, status: int, headers: Sequence[tuple[str, str]], data: bytes) -> None:
         headers = [*headers, ("content-length", str(len(data)))]

@@ -13,6 +13,8 @@ import logging
 import re
 from collections.abc import AsyncIterator
 from dataclasses import dataclass
+from datetime import UTC, datetime
+from email.utils import parsedate_to_datetime
 from urllib.parse import unquote
 
 import httpx
@@ -30,6 +32,7 @@ from trios3.ops import headers as hdr
 log = logging.getLogger("trios3")
 
 SMALL_RESPONSE = 64 * 1024
+MAX_COPY_SOURCE = 5 * 1024**3
 
 
 def stream_window(segment_size: int) -> int:
@@ -186,12 +189,15 @@ async def _decrypt(
             cut = min(drop_stored, len(chunk))
             chunk = chunk[cut:]
             drop_stored -= cut
+        # Bytes past the span are read and dropped rather than left unread: the backend
+        # window ends at the span in all but odd cases, and a response read to its end keeps
+        # its connection in the pool.
         chunk = chunk[:stored_left]
+        if not chunk:
+            continue
         stored_left -= len(chunk)
         for piece in trim(opener.feed(chunk)):
             yield piece
-        if stored_left == 0:
-            break
     for piece in trim(opener.finish()):
         yield piece
 
@@ -253,38 +259,48 @@ async def put_object(ex: Exchange) -> None:
     hdr.reject_sse_c(ex.headers)
     meta = hdr.user_metadata(ex.headers)
     body = ex.body
-    data_key, envelope = ex.services.keyring.seal_new(ex.bucket, ex.key)
-    headers = hdr.upload_headers(ex.headers) + meta + list(envelope.to_metadata().items())
+    headers = hdr.upload_headers(ex.headers) + meta
     headers += hdr.conditions(ex.headers, ("if-match", "if-none-match"))
-    segment_size = envelope.segment_size
-    async with ex.services.budget.lease(stream_window(segment_size)):
-        sealer = fmt.SegmentSealer(data_key, segment_size)
-
-        async def ciphertext() -> AsyncIterator[bytes]:
-            async for piece in body.chunks():
-                for sealed in sealer.feed(piece):
-                    yield sealed
-            # Only now, with every byte, signature and checksum verified, may the object
-            # become complete at the backend.
-            yield sealer.finish()
-
-        async with ex.services.backend.stream(
-            "PUT",
-            ex.bucket,
-            ex.key,
-            headers=headers,
-            body=ciphertext(),
-            content_length=fmt.stored_size(body.length, segment_size),
-        ) as response:
-            data = await read_limited(response, SMALL_RESPONSE)
-    if response.status_code != 200:
-        raise backend_error(response, data)
+    async with ex.services.budget.lease(stream_window(fmt.DEFAULT_SEGMENT_SIZE)):
+        response = await _store_encrypted(ex, headers, body.length, body.chunks())
     out = [("etag", client_etag(response.headers.get("etag", ""), True))]
     out += [(n, v) for n, v in body.checks.response_headers().items()]
     for name in ("x-amz-version-id", "x-amz-server-side-encryption"):
         if name in response.headers:
             out.append((name, response.headers[name]))
     await ex.respond.whole(200, out, b"")
+
+
+async def _store_encrypted(
+    ex: Exchange, headers: list[tuple[str, str]], length: int, plaintext: AsyncIterator[bytes]
+) -> httpx.Response:
+    """Encrypt ``plaintext`` (``length`` bytes) into a new object at the exchange's key.
+
+    The caller holds the budget lease. ``plaintext`` must raise if anything about it turns out
+    wrong; the final segment is sent only after it has ended cleanly, so a failed upload
+    never becomes an object at the backend.
+    """
+    data_key, envelope = ex.services.keyring.seal_new(ex.bucket, ex.key)
+    sealer = fmt.SegmentSealer(data_key, envelope.segment_size)
+
+    async def ciphertext() -> AsyncIterator[bytes]:
+        async for piece in plaintext:
+            for sealed in sealer.feed(piece):
+                yield sealed
+        yield sealer.finish()
+
+    async with ex.services.backend.stream(
+        "PUT",
+        ex.bucket,
+        ex.key,
+        headers=headers + list(envelope.to_metadata().items()),
+        body=ciphertext(),
+        content_length=fmt.stored_size(length, envelope.segment_size),
+    ) as response:
+        data = await read_limited(response, SMALL_RESPONSE)
+    if response.status_code != 200:
+        raise backend_error(response, data)
+    return response
 
 
 async def delete_object(ex: Exchange) -> None:
@@ -343,12 +359,6 @@ async def copy_object(ex: Exchange) -> None:
             raise S3Error("PreconditionFailed")
         raise err
     envelope = Envelope.from_metadata(source.headers)
-    if envelope is None:
-        raise S3Error(
-            "NotImplemented",
-            "Copying an object the proxy did not encrypt is not supported yet: "
-            "download and upload it through the proxy.",
-        )
     if directive == "COPY":
         if (src_bucket, src_key) == (ex.bucket, ex.key) and not _changes_something(ex):
             raise S3Error(
@@ -374,6 +384,9 @@ async def copy_object(ex: Exchange) -> None:
     else:
         described = hdr.upload_headers(ex.headers)
         meta = hdr.user_metadata(ex.headers)
+    if envelope is None:
+        await _copy_foreign(ex, src_bucket, src_key, query, source, described + meta)
+        return
     rewrapped = ex.services.keyring.rewrap(envelope, src_bucket, src_key, ex.bucket, ex.key)
     headers = described + meta + list(rewrapped.to_metadata().items())
     copy_source = "/" + hdr_quote(src_bucket) + "/" + hdr_quote(src_key)
@@ -397,6 +410,52 @@ async def copy_object(ex: Exchange) -> None:
     out.append(("content-type", "application/xml"))
     await ex.respond.whole(
         200, out, render_copy_object_result(client_etag(etag, True), last_modified)
+    )
+
+
+async def _copy_foreign(
+    ex: Exchange,
+    src_bucket: str,
+    src_key: str,
+    query: list[tuple[str, str]],
+    source: httpx.Response,
+    headers: list[tuple[str, str]],
+) -> None:
+    """Copy an object the proxy did not encrypt by streaming it through the encrypting PUT
+    path: a copy through the proxy never stores plaintext (and so migrates the object)."""
+    length = int(source.headers.get("content-length", "0"))
+    if length > MAX_COPY_SOURCE:
+        raise S3Error(
+            "InvalidRequest",
+            "The specified copy source is larger than the maximum allowable size for a copy "
+            f"source: {MAX_COPY_SOURCE}",
+        )
+    pinned = [("if-match", source.headers.get("etag", ""))]
+    lease = ex.services.budget.lease(stream_window(fmt.DEFAULT_SEGMENT_SIZE))
+    fetch = ex.services.backend.stream("GET", src_bucket, src_key, query=query, headers=pinned)
+    async with lease, fetch as response:
+        if response.status_code != 200:
+            raise backend_error(response, await read_limited(response, SMALL_RESPONSE))
+
+        async def plaintext() -> AsyncIterator[bytes]:
+            received = 0
+            async for chunk in response.aiter_raw():
+                received += len(chunk)
+                yield chunk
+            if received != length:
+                raise S3Error("InternalError", "The copy source ended early.")
+
+        stored = await _store_encrypted(ex, headers, length, plaintext())
+    last_modified = stored.headers.get("last-modified", "")
+    try:
+        last_modified = parsedate_to_datetime(last_modified).strftime("%Y-%m-%dT%H:%M:%S.000Z")
+    except (TypeError, ValueError):
+        last_modified = datetime.now(UTC).strftime("%Y-%m-%dT%H:%M:%S.000Z")
+    etag = client_etag(stored.headers.get("etag", ""), True)
+    await ex.respond.whole(
+        200,
+        [("content-type", "application/xml")],
+        render_copy_object_result(etag, last_modified),
     )
 
 

@@ -1,0 +1,23 @@
+from trios3.core.etag import backend_condition, client_etag
+
+
+def test_encrypted_single_put_etag_gets_the_zero_suffix():
+    assert client_etag('"0123abcd"', True) == '"0123abcd-0"'
+
+
+def test_foreign_and_multipart_etags_are_unchanged():
+    assert client_etag('"0123abcd"', False) == '"0123abcd"'
+    assert client_etag('"0123abcd-3"', True) == '"0123abcd-3"'
+    assert client_etag("", True) == ""
+
+
+def test_conditions_lose_the_suffix_for_the_backend():
+    assert backend_condition('"0123abcd-0"') == '"0123abcd"'
+    assert backend_condition('"aa-0", W/"bb-0", "cc-2"') == '"aa", W/"bb", "cc-2"'
+    assert backend_condition("*") == "*"
+    assert backend_condition("0123abcd-0") == "0123abcd"
+
+
+def test_round_trip_through_a_condition_gives_the_backend_etag():
+    backend = '"d41d8cd98f00b204e9800998ecf8427e"'
+    assert backend_condition(client_etag(backend, True)) == backend

@@ -1,0 +1,760 @@
+"""Object operations through the proxy, with boto3, over HTTP and over HTTPS.
+
+The proxy in front of a real SeaweedFS must be transparent for the plaintext (bodies, ranges,
+metadata, conditionals) while the backend only ever holds ciphertext bound to its key.
+"""
+
+from __future__ import annotations
+
+import base64
+import datetime
+import hashlib
+import os
+import re
+import uuid
+import zlib
+
+import httpx
+import pytest
+from botocore.auth import S3SigV4Auth
+from botocore.awsrequest import AWSRequest
+from botocore.credentials import Credentials
+from botocore.exceptions import BotoCoreError, ClientError
+from urllib3.exceptions import HTTPError as Urllib3Error
+
+from trios3.core import format as fmt
+
+pytestmark = pytest.mark.integration
+
+SEG = fmt.DEFAULT_SEGMENT_SIZE  # what a PUT through the proxy uses
+TAG = 16
+ENCRYPTED_ETAG = re.compile(r'^"[0-9a-f]{32}-0"$')
+RESERVED = ("trios3-v", "trios3-kid", "trios3-seg", "trios3-dek")
+
+
+def stored_len(size: int, segment: int = SEG) -> int:
+    return size + TAG * max(1, -(-size // segment))
+
+
+def crc32_b64(data: bytes) -> str:
+    return base64.b64encode(zlib.crc32(data).to_bytes(4, "big")).decode()
+
+
+def status(err: ClientError) -> int:
+    return err.response["ResponseMetadata"]["HTTPStatusCode"]
+
+
+def code(err: ClientError) -> str:
+    return err.response["Error"]["Code"]
+
+
+def new_key(prefix: str = "obj") -> str:
+    return f"{prefix}-{uuid.uuid4().hex[:12]}"
+
+
+@pytest.fixture(params=["proxy", "tls_proxy"])
+def endpoint(request):
+    """Each proxy has its own master key: objects are read back through the one that wrote."""
+    return request.getfixturevalue(request.param)
+
+
+@pytest.fixture
+def s3(endpoint):
+    return endpoint.client()
+
+
+@pytest.fixture
+def backend(seaweedfs):
+    return seaweedfs.client()
+
+
+def _make_bucket(seaweedfs, prefix: str):
+    """A bucket for the whole module: SeaweedFS gives each bucket volumes of its own and has
+    few to give, so tests share buckets (with unique keys) and the buckets are removed after."""
+    client = seaweedfs.client()
+    name = f"{prefix}-{uuid.uuid4().hex[:16]}"
+    client.create_bucket(Bucket=name)
+    yield name
+    for page in client.get_paginator("list_objects_v2").paginate(Bucket=name):
+        keys = [{"Key": item["Key"]} for item in page.get("Contents", [])]
+        if keys:
+            client.delete_objects(Bucket=name, Delete={"Objects": keys, "Quiet": True})
+    client.delete_bucket(Bucket=name)
+
+
+@pytest.fixture(scope="module")
+def bucket(seaweedfs):
+    yield from _make_bucket(seaweedfs, "objects")
+
+
+@pytest.fixture(scope="module")
+def other_bucket(seaweedfs):
+    yield from _make_bucket(seaweedfs, "objects-other")
+
+
+def assert_missing(client, bucket: str, key: str) -> None:
+    with pytest.raises(ClientError) as info:
+        client.head_object(Bucket=bucket, Key=key)
+    assert status(info.value) == 404
+
+
+def outcome(client, bucket: str, key: str, **kwargs):
+    """(status, Content-Range, body or error code) of a GET, errors included."""
+    try:
+        resp = client.get_object(Bucket=bucket, Key=key, **kwargs)
+    except ClientError as err:
+        headers = err.response["ResponseMetadata"]["HTTPHeaders"]
+        return status(err), headers.get("content-range"), code(err)
+    body = resp["Body"].read()
+    assert resp["ContentLength"] == len(body)
+    return resp["ResponseMetadata"]["HTTPStatusCode"], resp.get("ContentRange"), body
+
+
+def assert_get_fails(client, bucket: str, key: str, plaintext: bytes, **kwargs) -> None:
+    """A GET of a tampered object must fail: an error status or a broken body."""
+    try:
+        resp = client.get_object(Bucket=bucket, Key=key, **kwargs)
+        body = resp["Body"].read()
+    except ClientError as err:
+        assert status(err) >= 500, err.response
+        return
+    except (BotoCoreError, Urllib3Error, OSError):
+        return  # the body was cut short: the honest failure after the status line
+    pytest.fail(
+        f"GET of a tampered object succeeded: {len(body)} bytes, "
+        f"equal to the plaintext: {body == plaintext}"
+    )
+
+
+def stored(backend, bucket: str, key: str):
+    resp = backend.get_object(Bucket=bucket, Key=key)
+    return resp["Body"].read(), resp["Metadata"], resp["ContentType"]
+
+
+# -- round trips ---------------------------------------------------------------------------------
+
+
+SIZES = sorted({0, 1, 65535, 65536, 65537, SEG - 1, SEG, SEG + 1, 1024 * 1024 + 3, 5 * 1024 * 1024})
+
+
+@pytest.mark.parametrize("size", SIZES)
+def test_put_get_head_delete_round_trip(s3, backend, bucket, size):
+    data = os.urandom(size)
+    key = new_key()
+    put = s3.put_object(Bucket=bucket, Key=key, Body=data)
+    assert ENCRYPTED_ETAG.match(put["ETag"]), put["ETag"]
+
+    got = s3.get_object(Bucket=bucket, Key=key)
+    body = got["Body"].read()
+    assert body == data
+    assert got["ContentLength"] == size
+    assert got["ETag"] == put["ETag"]
+
+    head = s3.head_object(Bucket=bucket, Key=key)
+    assert head["ContentLength"] == size
+    assert head["ETag"] == put["ETag"]
+    assert not any(name.startswith("trios3-") for name in head["Metadata"])
+
+    raw, meta, _ = stored(backend, bucket, key)
+    assert len(raw) == stored_len(size)
+    assert raw[:size] != data or size == 0
+    if size >= 64:
+        assert data[:32] not in raw
+    assert put["ETag"] == f'"{hashlib.md5(raw).hexdigest()}-0"'
+    for name in RESERVED:
+        assert meta.get(name), f"{name} missing from the stored metadata {meta}"
+    assert meta["trios3-v"] == "1"
+    assert meta["trios3-seg"] == str(SEG)
+
+    deleted = s3.delete_object(Bucket=bucket, Key=key)
+    assert deleted["ResponseMetadata"]["HTTPStatusCode"] == 204
+    assert_missing(s3, bucket, key)
+    assert_missing(backend, bucket, key)
+
+
+def test_overwrite_replaces_the_object(s3, bucket):
+    key = new_key()
+    s3.put_object(Bucket=bucket, Key=key, Body=b"first version")
+    s3.put_object(Bucket=bucket, Key=key, Body=b"second")
+    assert s3.get_object(Bucket=bucket, Key=key)["Body"].read() == b"second"
+
+
+def test_delete_missing_key_is_204(s3, bucket):
+    resp = s3.delete_object(Bucket=bucket, Key=new_key("never"))
+    assert resp["ResponseMetadata"]["HTTPStatusCode"] == 204
+
+
+def test_metadata_and_content_headers_kept(s3, backend, bucket):
+    key = new_key()
+    metadata = {"colour": "Blue sky", "x-y": "1", "empty-ish": "-"}
+    s3.put_object(
+        Bucket=bucket,
+        Key=key,
+        Body=b"hello metadata",
+        Metadata=metadata,
+        ContentType="text/x-trios3; charset=utf-8",
+        CacheControl="max-age=60",
+        ContentDisposition='attachment; filename="a.txt"',
+        ContentLanguage="fr",
+    )
+    for resp in (
+        s3.head_object(Bucket=bucket, Key=key),
+        s3.get_object(Bucket=bucket, Key=key),
+    ):
+        assert resp["Metadata"] == metadata
+        assert resp["ContentType"] == "text/x-trios3; charset=utf-8"
+        assert resp["CacheControl"] == "max-age=60"
+        assert resp["ContentDisposition"] == 'attachment; filename="a.txt"'
+        assert resp["ContentLanguage"] == "fr"
+        headers = resp["ResponseMetadata"]["HTTPHeaders"]
+        assert not [h for h in headers if h.startswith("x-amz-meta-trios3")], headers
+        assert not [h for h in headers if h.startswith("x-amz-checksum")] or (
+            headers.get("x-amz-checksum-crc32") == crc32_b64(b"hello metadata")
+        )
+
+    _, meta, content_type = stored(backend, bucket, key)
+    assert content_type == "text/x-trios3; charset=utf-8"
+    assert {k: v for k, v in meta.items() if not k.startswith("trios3-")} == metadata
+    assert set(RESERVED) <= set(meta)
+
+
+def test_reserved_metadata_prefix_refused(s3, bucket):
+    key = new_key()
+    with pytest.raises(ClientError) as info:
+        s3.put_object(Bucket=bucket, Key=key, Body=b"x", Metadata={"trios3-v": "2"})
+    assert status(info.value) == 400
+    assert code(info.value) == "InvalidArgument"
+    assert_missing(s3, bucket, key)
+
+
+def test_put_response_echoes_plaintext_checksum(s3, bucket):
+    data = os.urandom(70000)
+    put = s3.put_object(Bucket=bucket, Key=new_key(), Body=data, ChecksumAlgorithm="CRC32")
+    assert put["ChecksumCRC32"] == crc32_b64(data)
+
+
+# -- ranges ---------------------------------------------------------------------------------------
+
+RANGE_SIZE = 2 * SEG + 1000
+
+
+@pytest.fixture(scope="module", params=["proxy", "tls_proxy"])
+def range_setup(request, seaweedfs, bucket):
+    """The same plaintext stored encrypted (through one proxy) and raw (into SeaweedFS)."""
+    endpoint = request.getfixturevalue(request.param)
+    client = endpoint.client()
+    direct = seaweedfs.client()
+    prefix = f"range-{request.param}"
+    data = os.urandom(RANGE_SIZE)
+    small = os.urandom(100)
+    for name, body in (("big", data), ("small", small), ("one", b"z"), ("empty", b"")):
+        client.put_object(Bucket=bucket, Key=f"{prefix}/enc/{name}", Body=body)
+        direct.put_object(Bucket=bucket, Key=f"{prefix}/raw/{name}", Body=body)
+    return client, direct, bucket, prefix, {"big": data, "small": small, "one": b"z", "empty": b""}
+
+
+S = RANGE_SIZE
+TRANSPARENT_RANGES = [
+    ("big", "bytes=10-20"),  # inside the first segment
+    ("big", f"bytes={SEG - 5}-{SEG + 5}"),  # across a segment boundary
+    ("big", f"bytes={SEG - 1}-{2 * SEG}"),  # across two boundaries
+    ("big", f"bytes={SEG}-{2 * SEG - 1}"),  # exactly one segment
+    ("big", f"bytes={2 * SEG}-{2 * SEG}"),  # the first byte of the last segment
+    ("big", "bytes=0-"),
+    ("big", f"bytes={SEG + 7}-"),
+    ("big", f"bytes={S - 1}-"),
+    ("big", "bytes=-100"),  # suffix inside the last segment
+    ("big", f"bytes=-{SEG + 2000}"),  # suffix across segments
+    ("big", "bytes=-10000000"),  # suffix longer than the object
+    ("big", "bytes=0-0"),
+    ("big", f"bytes=100-{S + 5000}"),  # end past the end: clamped
+    ("big", f"bytes={S - 10}-{S + 10}"),
+    ("big", f"bytes={S}-"),  # start at the end: 416
+    ("big", f"bytes={S + 10}-{S + 20}"),  # start past the end: 416
+    ("big", "bytes=-0"),
+    ("big", "bytes=0-1,5-6"),  # several ranges: ignored
+    ("big", "bytes=abc"),  # garbage: ignored
+    ("small", "bytes=0-9"),
+    ("small", "bytes=90-"),
+    ("small", "bytes=-10"),
+    ("small", "bytes=-200"),
+    ("small", "bytes=50-500"),
+    ("small", "bytes=100-"),
+    ("one", "bytes=0-0"),
+    ("one", "bytes=0-"),
+    ("one", "bytes=-1"),
+    ("one", "bytes=1-"),
+    ("empty", "bytes=0-0"),
+    ("empty", "bytes=0-"),
+    ("empty", "bytes=-0"),
+]
+
+
+@pytest.mark.parametrize(("name", "header"), TRANSPARENT_RANGES)
+def test_range_matches_seaweedfs(range_setup, name, header):
+    client, direct, bucket, prefix, plaintexts = range_setup
+    mine = outcome(client, bucket, f"{prefix}/enc/{name}", Range=header)
+    theirs = outcome(direct, bucket, f"{prefix}/raw/{name}", Range=header)
+    assert mine == theirs
+    if mine[0] == 206:
+        first, last, total = map(int, re.fullmatch(r"bytes (\d+)-(\d+)/(\d+)", mine[1]).groups())
+        assert total == len(plaintexts[name])
+        assert mine[2] == plaintexts[name][first : last + 1]
+    elif mine[0] == 416:
+        assert mine[2] == "InvalidRange"
+        assert mine[1] == f"bytes */{len(plaintexts[name])}"
+
+
+# Where SeaweedFS departs from AWS S3 the proxy follows AWS (see core/ranges.py).
+AWS_RANGES = [
+    ("big", "bytes=20-10", 200, None),  # first > last: ignored, whole object
+    ("empty", "bytes=-5", 200, None),  # suffix of an empty object: served whole
+]
+
+
+@pytest.mark.parametrize(("name", "header", "expected", "content_range"), AWS_RANGES)
+def test_range_follows_aws_where_seaweedfs_differs(
+    range_setup, name, header, expected, content_range
+):
+    client, _, bucket, prefix, plaintexts = range_setup
+    got = outcome(client, bucket, f"{prefix}/enc/{name}", Range=header)
+    assert got == (expected, content_range, plaintexts[name])
+
+
+def test_range_with_if_match(range_setup):
+    client, _, bucket, prefix, plaintexts = range_setup
+    etag = client.head_object(Bucket=bucket, Key=f"{prefix}/enc/big")["ETag"]
+    got = outcome(client, bucket, f"{prefix}/enc/big", Range="bytes=5-9", IfMatch=etag)
+    assert got == (206, f"bytes 5-9/{RANGE_SIZE}", plaintexts["big"][5:10])
+
+
+# -- conditionals ---------------------------------------------------------------------------------
+
+
+def _call_status(fn, **kwargs) -> int:
+    try:
+        resp = fn(**kwargs)
+    except ClientError as err:
+        return status(err)
+    if "Body" in resp:
+        resp["Body"].read()
+    return resp["ResponseMetadata"]["HTTPStatusCode"]
+
+
+def test_conditional_get_and_head(s3, bucket):
+    key = new_key()
+    etag = s3.put_object(Bucket=bucket, Key=key, Body=b"conditional body")["ETag"]
+    head = s3.head_object(Bucket=bucket, Key=key)
+    assert head["ETag"] == etag
+    modified = head["LastModified"]
+    day = datetime.timedelta(days=1)
+    other = '"0123456789abcdef0123456789abcdef-0"'
+    cases = [
+        ({"IfMatch": etag}, 200),
+        ({"IfMatch": other}, 412),
+        ({"IfMatch": "*"}, 200),
+        ({"IfNoneMatch": etag}, 304),
+        ({"IfNoneMatch": other}, 200),
+        ({"IfModifiedSince": modified + day}, 304),
+        ({"IfModifiedSince": modified - day}, 200),
+        ({"IfUnmodifiedSince": modified - day}, 412),
+        ({"IfUnmodifiedSince": modified + day}, 200),
+    ]
+    got = {
+        (fn.__name__, str(kwargs)): _call_status(fn, Bucket=bucket, Key=key, **kwargs)
+        for kwargs, _ in cases
+        for fn in (s3.get_object, s3.head_object)
+    }
+    want = {
+        (fn.__name__, str(kwargs)): expected
+        for kwargs, expected in cases
+        for fn in (s3.get_object, s3.head_object)
+    }
+    assert got == want
+    assert s3.get_object(Bucket=bucket, Key=key, IfMatch=etag)["Body"].read() == b"conditional body"
+
+
+def test_conditional_put_if_none_match(s3, bucket):
+    key = new_key()
+    s3.put_object(Bucket=bucket, Key=key, Body=b"original")
+    with pytest.raises(ClientError) as info:
+        s3.put_object(Bucket=bucket, Key=key, Body=b"replacement", IfNoneMatch="*")
+    assert status(info.value) == 412
+    assert s3.get_object(Bucket=bucket, Key=key)["Body"].read() == b"original"
+
+
+# -- checksums and digests ------------------------------------------------------------------------
+
+
+def test_get_with_checksum_mode_enabled(s3, bucket):
+    data = os.urandom(SEG + 123)
+    key = new_key()
+    s3.put_object(Bucket=bucket, Key=key, Body=data, ChecksumAlgorithm="CRC32")
+    resp = s3.get_object(Bucket=bucket, Key=key, ChecksumMode="ENABLED")
+    assert resp["Body"].read() == data
+    # A checksum, if any is shown, must be the plaintext's (boto3 validated it while reading).
+    if "ChecksumCRC32" in resp:
+        assert resp["ChecksumCRC32"] == crc32_b64(data)
+    ranged = s3.get_object(Bucket=bucket, Key=key, ChecksumMode="ENABLED", Range="bytes=10-20")
+    assert ranged["Body"].read() == data[10:21]
+    head = s3.head_object(Bucket=bucket, Key=key, ChecksumMode="ENABLED")
+    assert head.get("ChecksumCRC32", crc32_b64(data)) == crc32_b64(data)
+
+
+def test_content_md5(s3, bucket):
+    key = new_key()
+    good = base64.b64encode(hashlib.md5(b"right").digest()).decode()
+    s3.put_object(Bucket=bucket, Key=key, Body=b"right", ContentMD5=good)
+    assert s3.get_object(Bucket=bucket, Key=key)["Body"].read() == b"right"
+
+    wrong = base64.b64encode(hashlib.md5(b"other").digest()).decode()
+    with pytest.raises(ClientError) as info:
+        s3.put_object(Bucket=bucket, Key=key, Body=b"wrong body", ContentMD5=wrong)
+    assert (status(info.value), code(info.value)) == (400, "BadDigest")
+    assert s3.get_object(Bucket=bucket, Key=key)["Body"].read() == b"right"
+
+    fresh = new_key()
+    with pytest.raises(ClientError) as info:
+        s3.put_object(Bucket=bucket, Key=fresh, Body=os.urandom(SEG * 2), ContentMD5=wrong)
+    assert code(info.value) == "BadDigest"
+    assert_missing(s3, bucket, fresh)
+
+
+def test_wrong_crc32_header(s3, bucket):
+    key = new_key()
+    s3.put_object(Bucket=bucket, Key=key, Body=b"kept")
+    data = os.urandom(SEG + 1)
+    wrong = crc32_b64(data + b"!")
+    for target in (key, new_key()):
+        with pytest.raises(ClientError) as info:
+            s3.put_object(Bucket=bucket, Key=target, Body=data, ChecksumCRC32=wrong)
+        assert (status(info.value), code(info.value)) == (400, "BadDigest")
+    assert s3.get_object(Bucket=bucket, Key=key)["Body"].read() == b"kept"
+
+
+def test_wrong_crc32_via_event_hook(s3, bucket):
+    """The checksum boto3 computed itself, replaced before signing."""
+    key = new_key()
+    data = b"payload whose crc is replaced"
+
+    def corrupt(request, **_):
+        for name in list(request.headers.keys()):
+            if name.lower() == "x-amz-checksum-crc32":
+                request.headers.replace_header(name, crc32_b64(b"something else"))
+
+    s3.meta.events.register("before-sign.s3.PutObject", corrupt)
+    try:
+        # In a header (not an aws-chunked trailer) so the hook can reach it.
+        with pytest.raises(ClientError) as info:
+            s3.put_object(Bucket=bucket, Key=key, Body=data, ChecksumCRC32=crc32_b64(data))
+    finally:
+        s3.meta.events.unregister("before-sign.s3.PutObject", corrupt)
+    assert code(info.value) == "BadDigest"
+    assert_missing(s3, bucket, key)
+
+
+def test_wrong_crc32_raw_signed_request(proxy, bucket):
+    key = new_key()
+    data = b"raw signed body"
+    url = f"{proxy.url}/{bucket}/{key}"
+    request = AWSRequest(
+        method="PUT", url=url, data=data, headers={"x-amz-checksum-crc32": crc32_b64(b"nope")}
+    )
+    S3SigV4Auth(Credentials(proxy.access_key, proxy.secret_key), "s3", "us-east-1").add_auth(
+        request
+    )
+    resp = httpx.put(url, content=data, headers=dict(request.headers.items()))
+    assert resp.status_code == 400
+    assert "<Code>BadDigest</Code>" in resp.text
+    assert_missing(proxy.client(), bucket, key)
+
+
+def test_wrong_trailer_checksum(tls_proxy, bucket):
+    """An unsigned aws-chunked body whose CRC32 trailer does not match."""
+    client = tls_proxy.client()
+    key = new_key()
+    data = os.urandom(10000)
+
+    def body(trailer_value: str) -> bytes:
+        return (
+            f"{len(data):x}\r\n".encode()
+            + data
+            + b"\r\n0\r\n"
+            + f"x-amz-checksum-crc32:{trailer_value}\r\n\r\n".encode()
+        )
+
+    def send(trailer_value: str) -> httpx.Response:
+        content = body(trailer_value)
+        url = f"{tls_proxy.url}/{bucket}/{key}"
+        headers = {
+            "x-amz-content-sha256": "STREAMING-UNSIGNED-PAYLOAD-TRAILER",
+            "content-encoding": "aws-chunked",
+            "x-amz-decoded-content-length": str(len(data)),
+            "x-amz-trailer": "x-amz-checksum-crc32",
+        }
+        request = AWSRequest(method="PUT", url=url, headers=headers)
+        auth = S3SigV4Auth(
+            Credentials(tls_proxy.access_key, tls_proxy.secret_key), "s3", "us-east-1"
+        )
+        auth.payload = lambda _request: "STREAMING-UNSIGNED-PAYLOAD-TRAILER"
+        auth.add_auth(request)
+        return httpx.put(
+            url, content=content, headers=dict(request.headers.items()), verify=tls_proxy.ca_bundle
+        )
+
+    bad = send(crc32_b64(b"not the data"))
+    assert bad.status_code == 400, bad.text
+    assert "<Code>BadDigest</Code>" in bad.text
+    assert_missing(client, bucket, key)
+    good = send(crc32_b64(data))
+    assert good.status_code == 200, good.text
+    assert client.get_object(Bucket=bucket, Key=key)["Body"].read() == data
+
+
+# -- copy -----------------------------------------------------------------------------------------
+
+
+def test_copy_with_metadata_copy(s3, backend, bucket):
+    src, dst = new_key("src"), new_key("dst")
+    data = os.urandom(SEG + 77)
+    s3.put_object(
+        Bucket=bucket, Key=src, Body=data, Metadata={"a": "1", "b": "two"}, ContentType="image/png"
+    )
+    result = s3.copy_object(Bucket=bucket, Key=dst, CopySource={"Bucket": bucket, "Key": src})
+    etag = result["CopyObjectResult"]["ETag"]
+    assert ENCRYPTED_ETAG.match(etag), etag
+    head = s3.head_object(Bucket=bucket, Key=dst)
+    assert head["ETag"] == etag
+    assert head["Metadata"] == {"a": "1", "b": "two"}
+    assert head["ContentType"] == "image/png"
+    assert head["ContentLength"] == len(data)
+    assert s3.get_object(Bucket=bucket, Key=dst)["Body"].read() == data
+    # The source is untouched and the copy's data key is wrapped for its own name.
+    assert s3.get_object(Bucket=bucket, Key=src)["Body"].read() == data
+    src_raw, src_meta, _ = stored(backend, bucket, src)
+    dst_raw, dst_meta, _ = stored(backend, bucket, dst)
+    assert dst_raw == src_raw
+    assert dst_meta["trios3-dek"] != src_meta["trios3-dek"]
+
+
+def test_copy_with_metadata_replace(s3, bucket):
+    src, dst = new_key("src"), new_key("dst")
+    s3.put_object(Bucket=bucket, Key=src, Body=b"replace me", Metadata={"old": "x"})
+    s3.copy_object(
+        Bucket=bucket,
+        Key=dst,
+        CopySource={"Bucket": bucket, "Key": src},
+        MetadataDirective="REPLACE",
+        Metadata={"new": "y"},
+        ContentType="text/plain",
+    )
+    got = s3.get_object(Bucket=bucket, Key=dst)
+    assert got["Body"].read() == b"replace me"
+    assert got["Metadata"] == {"new": "y"}
+    assert got["ContentType"] == "text/plain"
+    assert s3.head_object(Bucket=bucket, Key=src)["Metadata"] == {"old": "x"}
+
+
+def test_copy_to_itself(s3, bucket):
+    key = new_key()
+    s3.put_object(Bucket=bucket, Key=key, Body=b"self", Metadata={"v": "1"})
+    with pytest.raises(ClientError) as info:
+        s3.copy_object(Bucket=bucket, Key=key, CopySource={"Bucket": bucket, "Key": key})
+    assert (status(info.value), code(info.value)) == (400, "InvalidRequest")
+    assert s3.get_object(Bucket=bucket, Key=key)["Body"].read() == b"self"
+
+    s3.copy_object(
+        Bucket=bucket,
+        Key=key,
+        CopySource={"Bucket": bucket, "Key": key},
+        MetadataDirective="REPLACE",
+        Metadata={"v": "2"},
+    )
+    got = s3.get_object(Bucket=bucket, Key=key)
+    assert got["Body"].read() == b"self"
+    assert got["Metadata"] == {"v": "2"}
+
+
+def test_copy_across_buckets_with_odd_keys(s3, bucket, other_bucket):
+    other = other_bucket
+    src = new_key("dir/a b+c%d ü")
+    dst = new_key("copied/é +%2F x")
+    s3.put_object(Bucket=bucket, Key=src, Body=b"odd keys")
+    s3.copy_object(Bucket=other, Key=dst, CopySource={"Bucket": bucket, "Key": src})
+    assert s3.get_object(Bucket=other, Key=dst)["Body"].read() == b"odd keys"
+
+
+def test_copy_conditions_and_missing_source(s3, bucket):
+    src = new_key("src")
+    etag = s3.put_object(Bucket=bucket, Key=src, Body=b"cond")["ETag"]
+    dst = new_key("dst")
+    with pytest.raises(ClientError) as info:
+        s3.copy_object(
+            Bucket=bucket,
+            Key=dst,
+            CopySource={"Bucket": bucket, "Key": src},
+            CopySourceIfMatch='"0123456789abcdef0123456789abcdef-0"',
+        )
+    assert status(info.value) == 412
+    assert_missing(s3, bucket, dst)
+    s3.copy_object(
+        Bucket=bucket, Key=dst, CopySource={"Bucket": bucket, "Key": src}, CopySourceIfMatch=etag
+    )
+    assert s3.get_object(Bucket=bucket, Key=dst)["Body"].read() == b"cond"
+    with pytest.raises(ClientError) as info:
+        s3.copy_object(Bucket=bucket, Key=dst, CopySource={"Bucket": bucket, "Key": "nope"})
+    assert status(info.value) == 404
+
+
+# -- tampering at the backend ---------------------------------------------------------------------
+
+
+def test_metadata_moved_to_another_key_fails(s3, backend, bucket):
+    data = os.urandom(SEG + 10)
+    key = new_key("orig")
+    s3.put_object(Bucket=bucket, Key=key, Body=data)
+    moved = new_key("moved")
+    backend.copy_object(Bucket=bucket, Key=moved, CopySource={"Bucket": bucket, "Key": key})
+    _, meta, _ = stored(backend, bucket, moved)
+    assert set(RESERVED) <= set(meta), "SeaweedFS did not keep the metadata on copy"
+    assert_get_fails(s3, bucket, moved, data)
+    assert_get_fails(s3, bucket, moved, data, Range="bytes=0-10")
+    assert s3.get_object(Bucket=bucket, Key=key)["Body"].read() == data
+
+
+def test_ciphertext_swapped_between_objects_fails(s3, backend, bucket):
+    a, b = new_key("a"), new_key("b")
+    data_a, data_b = os.urandom(5000), os.urandom(5000)
+    s3.put_object(Bucket=bucket, Key=a, Body=data_a)
+    s3.put_object(Bucket=bucket, Key=b, Body=data_b)
+    raw_a, _, _ = stored(backend, bucket, a)
+    _, meta_b, _ = stored(backend, bucket, b)
+    backend.put_object(Bucket=bucket, Key=b, Body=raw_a, Metadata=meta_b)
+    try:
+        body = s3.get_object(Bucket=bucket, Key=b)["Body"].read()
+    except (ClientError, BotoCoreError, Urllib3Error, OSError):
+        return
+    pytest.fail(f"swapped ciphertext was served ({body == data_a=}, {body == data_b=})")
+
+
+FLIPS = [
+    ("first segment", 10),
+    ("first tag", SEG + TAG - 1),
+    ("middle segment", SEG + TAG + 5),
+    ("last segment", 2 * (SEG + TAG) + 3),
+    ("last tag", -1),
+]
+
+
+@pytest.mark.parametrize(("where", "offset"), FLIPS, ids=[f[0] for f in FLIPS])
+def test_bit_flip_fails(s3, backend, bucket, where, offset):
+    data = os.urandom(2 * SEG + 500)
+    key = new_key("flip")
+    s3.put_object(Bucket=bucket, Key=key, Body=data)
+    raw, meta, content_type = stored(backend, bucket, key)
+    damaged = bytearray(raw)
+    damaged[offset] ^= 0x01
+    backend.put_object(
+        Bucket=bucket, Key=key, Body=bytes(damaged), Metadata=meta, ContentType=content_type
+    )
+    assert_get_fails(s3, bucket, key, data)
+    flipped_segment = (offset % len(raw)) // (SEG + TAG)
+    plain_start = flipped_segment * SEG
+    assert_get_fails(s3, bucket, key, data, Range=f"bytes={plain_start}-{plain_start + 9}")
+    # Segments that were not touched still read (each one is authenticated on its own).
+    intact = 0 if flipped_segment else 1
+    got = s3.get_object(Bucket=bucket, Key=key, Range=f"bytes={intact * SEG}-{intact * SEG + 99}")
+    assert got["Body"].read() == data[intact * SEG : intact * SEG + 100]
+
+
+@pytest.mark.parametrize(
+    "cut", [1, TAG, 500 + TAG], ids=["one byte", "one tag", "whole last segment"]
+)
+def test_truncated_stored_object_fails(s3, backend, bucket, cut):
+    data = os.urandom(2 * SEG + 500)
+    key = new_key("cut")
+    s3.put_object(Bucket=bucket, Key=key, Body=data)
+    raw, meta, content_type = stored(backend, bucket, key)
+    backend.put_object(
+        Bucket=bucket, Key=key, Body=raw[:-cut], Metadata=meta, ContentType=content_type
+    )
+    assert_get_fails(s3, bucket, key, data)
+
+
+# -- objects the proxy did not encrypt ------------------------------------------------------------
+
+
+@pytest.mark.parametrize("size", [0, 10, 116, SEG + TAG + 100])
+def test_foreign_objects_served_as_they_are(s3, backend, bucket, size):
+    data = os.urandom(size)
+    key = new_key("foreign")
+    put = backend.put_object(
+        Bucket=bucket, Key=key, Body=data, Metadata={"origin": "direct"}, ContentType="x/y"
+    )
+    got = s3.get_object(Bucket=bucket, Key=key)
+    assert got["Body"].read() == data
+    assert got["ETag"] == put["ETag"]
+    assert got["Metadata"] == {"origin": "direct"}
+    assert got["ContentType"] == "x/y"
+    head = s3.head_object(Bucket=bucket, Key=key)
+    assert head["ContentLength"] == size
+    assert head["ETag"] == put["ETag"]
+    if size:
+        header = f"bytes={size // 2}-"
+        assert outcome(s3, bucket, key, Range=header) == outcome(backend, bucket, key, Range=header)
+
+
+def test_copy_of_foreign_object_never_stores_plaintext(s3, backend, bucket):
+    src, dst = new_key("foreign"), new_key("dst")
+    backend.put_object(Bucket=bucket, Key=src, Body=b"plain foreign bytes")
+    try:
+        s3.copy_object(Bucket=bucket, Key=dst, CopySource={"Bucket": bucket, "Key": src})
+    except ClientError as err:
+        assert status(err) == 501
+        assert_missing(backend, bucket, dst)
+        return
+    raw, meta, _ = stored(backend, bucket, dst)
+    assert raw != b"plain foreign bytes"
+    assert set(RESERVED) <= set(meta)
+    assert s3.get_object(Bucket=bucket, Key=dst)["Body"].read() == b"plain foreign bytes"
+
+
+# -- parts and multipart --------------------------------------------------------------------------
+
+
+def test_part_numbers(s3, bucket):
+    data = os.urandom(SEG + 5)
+    key = new_key()
+    s3.put_object(Bucket=bucket, Key=key, Body=data)
+    first = s3.get_object(Bucket=bucket, Key=key, PartNumber=1)
+    assert first["ResponseMetadata"]["HTTPStatusCode"] in (200, 206)
+    assert first["Body"].read() == data
+    with pytest.raises(ClientError) as info:
+        s3.get_object(Bucket=bucket, Key=key, PartNumber=2)
+    assert 400 <= status(info.value) < 500
+    assert code(info.value) == "InvalidPartNumber"
+    head = s3.head_object(Bucket=bucket, Key=key, PartNumber=1)
+    assert head["ContentLength"] == len(data)
+
+
+def test_multipart_not_implemented(s3, backend, bucket):
+    key = new_key("mpu")
+    calls = [
+        lambda: s3.create_multipart_upload(Bucket=bucket, Key=key),
+        lambda: s3.upload_part(Bucket=bucket, Key=key, UploadId="x", PartNumber=1, Body=b"p"),
+        lambda: s3.list_parts(Bucket=bucket, Key=key, UploadId="x"),
+        lambda: s3.complete_multipart_upload(
+            Bucket=bucket,
+            Key=key,
+            UploadId="x",
+            MultipartUpload={"Parts": [{"PartNumber": 1, "ETag": '"x"'}]},
+        ),
+        lambda: s3.abort_multipart_upload(Bucket=bucket, Key=key, UploadId="x"),
+        lambda: s3.list_multipart_uploads(Bucket=bucket),
+    ]
+    for call in calls:
+        with pytest.raises(ClientError) as info:
+            call()
+        assert (status(info.value), code(info.value)) == (501, "NotImplemented")
+    assert backend.list_multipart_uploads(Bucket=bucket).get("Uploads", []) == []
+    assert_missing(backend, bucket, key)

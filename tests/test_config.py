@@ -1,0 +1,148 @@
+"""Configuration: every option from flags or TRIOS3_* variables, one clear line on errors."""
+
+from __future__ import annotations
+
+import base64
+import os
+import stat
+import subprocess
+import sys
+
+import pytest
+
+from trios3.cli import _parser
+from trios3.config import ConfigError, build_config, parse_size, write_key_file
+from trios3.core.keys import MasterKey
+
+KEY = base64.b64encode(bytes(range(32))).decode()
+BASE_ENV = {
+    "TRIOS3_MASTER_KEY": KEY,
+    "TRIOS3_ACCESS_KEY_ID": "client",
+    "TRIOS3_SECRET_ACCESS_KEY": "secret",
+    "TRIOS3_BACKEND_ACCESS_KEY_ID": "backend",
+    "TRIOS3_BACKEND_SECRET_ACCESS_KEY": "backendsecret",
+}
+
+
+def config_from(argv, env):
+    import argparse
+
+    from trios3.config import add_serve_options  # noqa: F401  (the parser reads env at build)
+
+    parser = argparse.ArgumentParser()
+    from trios3.config import add_serve_options as add
+
+    add(parser, env)
+    return build_config(parser.parse_args(argv), env)
+
+
+def test_flags_and_environment_give_the_same_config():
+    from_flags = config_from(
+        [
+            "--backend",
+            "http://s3.local:9000",
+            "--listen",
+            "0.0.0.0:9999",
+            "--memory-budget",
+            "8MiB",
+        ],
+        BASE_ENV,
+    )
+    env = {
+        **BASE_ENV,
+        "TRIOS3_BACKEND": "http://s3.local:9000",
+        "TRIOS3_LISTEN": "0.0.0.0:9999",
+        "TRIOS3_MEMORY_BUDGET": "8MiB",
+    }
+    from_env = config_from([], env)
+    for config in (from_flags, from_env):
+        assert config.listen == "0.0.0.0:9999"
+        assert config.backend_url == "http://s3.local:9000"
+        assert config.memory_budget == 8 * 1024 * 1024
+        assert config.credentials == {"client": "secret"}
+        assert config.keyring.primary.key_id == MasterKey.from_base64(KEY).key_id
+
+
+@pytest.mark.parametrize(
+    ("argv", "env_change", "message"),
+    [
+        (["--listen", "nonsense"], {}, "--listen"),
+        (["--memory-budget", "lots"], {}, "--memory-budget"),
+        (["--tls-cert", "/nonexistent"], {}, "--tls-cert"),
+        ([], {"TRIOS3_MASTER_KEY": "not base64!"}, "TRIOS3_MASTER_KEY"),
+        ([], {"TRIOS3_MASTER_KEY": base64.b64encode(b"short").decode()}, "32 bytes"),
+        ([], {"TRIOS3_BACKEND_SECRET_ACCESS_KEY": ""}, "TRIOS3_BACKEND_SECRET_ACCESS_KEY"),
+        ([], {"TRIOS3_SECRET_ACCESS_KEY": ""}, "TRIOS3_ACCESS_KEY_ID"),
+        (["--backend", "ftp://x"], {}, "--backend"),
+        (["--credentials", "/nonexistent.toml"], {}, "--credentials"),
+    ],
+)
+def test_invalid_configuration_is_one_clear_error(argv, env_change, message):
+    env = {**BASE_ENV, **env_change}
+    env = {k: v for k, v in env.items() if v}
+    if "--backend" not in argv:
+        argv = ["--backend", "http://s3.local:9000", *argv]
+    with pytest.raises(ConfigError) as caught:
+        config_from(argv, env)
+    assert message in str(caught.value)
+    assert "\n" not in str(caught.value)
+
+
+def test_credentials_file_holds_many_pairs(tmp_path):
+    path = tmp_path / "creds.toml"
+    path.write_text(
+        '[[credentials]]\naccess_key_id = "a"\nsecret_access_key = "sa"\n'
+        '[[credentials]]\naccess_key_id = "b"\nsecret_access_key = "sb"\n'
+    )
+    env = {
+        k: v for k, v in BASE_ENV.items() if "TRIOS3_ACCESS" not in k and "TRIOS3_SECRET" not in k
+    }
+    config = config_from(["--backend", "http://x:1", "--credentials", str(path)], env)
+    assert config.credentials == {"a": "sa", "b": "sb"}
+
+
+def test_sizes_accept_binary_and_decimal_units():
+    assert parse_size("64MiB", "m") == 64 * 1024**2
+    assert parse_size("1g", "m") == 1024**3
+    assert parse_size("1000", "m") == 1000
+    with pytest.raises(ConfigError):
+        parse_size("0", "m")
+
+
+def test_keygen_writes_a_private_key_and_never_overwrites(tmp_path):
+    path = tmp_path / "master.key"
+    write_key_file(path)
+    assert stat.S_IMODE(os.stat(path).st_mode) == 0o600
+    MasterKey.from_base64(path.read_text())
+    with pytest.raises(ConfigError):
+        write_key_file(path)
+
+
+def test_embedded_mode_creates_key_and_credentials_once(tmp_path):
+    env = {}
+    first = config_from(["--data-dir", str(tmp_path)], env)
+    second = config_from(["--data-dir", str(tmp_path)], env)
+    assert first.backend_url is None
+    assert len(first.generated) == 2 and second.generated == ()
+    assert first.credentials == second.credentials
+    assert first.keyring.primary.key_id == second.keyring.primary.key_id
+
+
+def test_serve_fails_with_one_line_and_no_traceback():
+    env = {k: v for k, v in os.environ.items() if not k.startswith("TRIOS3_")}
+    result = subprocess.run(
+        [sys.executable, "-m", "trios3.cli", "serve", "--backend", "http://127.0.0.1:1"],
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+    assert result.returncode == 2
+    assert result.stderr.strip().count("\n") == 0
+    assert "TRIOS3_BACKEND_ACCESS_KEY_ID" in result.stderr
+    assert "Traceback" not in result.stderr
+
+
+def test_cli_parser_knows_every_documented_option():
+    text = _parser().format_help()
+    assert "serve" in text and "keygen" in text
