@@ -211,9 +211,21 @@ def tls_proxy(seaweedfs, tmp_path_factory) -> Endpoint:
     log.close()
 
 
+def scratch_bucket(seaweedfs: Endpoint, prefix: str):
+    """A bucket made straight at the backend and removed with its objects afterwards:
+    SeaweedFS gives each bucket volumes of its own and has only so many to give."""
+    client = seaweedfs.client()
+    name = f"{prefix}-{uuid.uuid4().hex[:16]}"
+    client.create_bucket(Bucket=name)
+    yield name
+    for page in client.get_paginator("list_objects_v2").paginate(Bucket=name):
+        keys = [{"Key": item["Key"]} for item in page.get("Contents", [])]
+        if keys:
+            client.delete_objects(Bucket=name, Delete={"Objects": keys, "Quiet": True})
+    client.delete_bucket(Bucket=name)
+
+
 @pytest.fixture
-def bucket(proxy) -> str:
-    """A fresh bucket, created through the proxy."""
-    name = "t-" + uuid.uuid4().hex[:16]
-    proxy.client().create_bucket(Bucket=name)
-    return name
+def bucket(seaweedfs) -> str:
+    """A fresh bucket for one test, removed afterwards."""
+    yield from scratch_bucket(seaweedfs, "t")

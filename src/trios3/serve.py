@@ -55,8 +55,11 @@ async def _until_signal() -> None:
             return
 
 
-async def serve(config: Config, *, task_status=trio.TASK_STATUS_IGNORED) -> None:
-    """Serve until SIGTERM/SIGINT (or cancellation); ``task_status`` gets the bound URLs."""
+async def serve(
+    config: Config, *, shutdown_trigger=_until_signal, task_status=trio.TASK_STATUS_IGNORED
+) -> None:
+    """Serve until ``shutdown_trigger`` returns (SIGTERM/SIGINT by default) or cancellation;
+    ``task_status`` gets the bound URLs."""
     async with trio.open_nursery() as nursery:
         if config.backend_url:
             backend = BackendSettings(
@@ -72,7 +75,7 @@ async def serve(config: Config, *, task_status=trio.TASK_STATUS_IGNORED) -> None
             await hypercorn_serve(
                 app,
                 hypercorn_config(config),
-                shutdown_trigger=_until_signal,
+                shutdown_trigger=shutdown_trigger,
                 task_status=task_status,
             )
         # Serving is over: stop what else the server ran (the embedded backend).

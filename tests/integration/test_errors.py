@@ -21,6 +21,7 @@ from botocore.config import Config
 from botocore.credentials import Credentials
 from botocore.exceptions import ClientError
 
+from conftest import scratch_bucket
 from trios3.core.sigv4 import SigningScope, chunk_signature, derive_signing_key
 
 pytestmark = pytest.mark.integration
@@ -49,16 +50,8 @@ def verify_of(endpoint):
 
 @pytest.fixture(scope="module")
 def bucket(seaweedfs):
-    """One bucket for the module (SeaweedFS has few volumes to give new buckets)."""
-    client = seaweedfs.client()
-    name = "errors-" + uuid.uuid4().hex[:16]
-    client.create_bucket(Bucket=name)
-    yield name
-    for page in client.get_paginator("list_objects_v2").paginate(Bucket=name):
-        keys = [{"Key": item["Key"]} for item in page.get("Contents", [])]
-        if keys:
-            client.delete_objects(Bucket=name, Delete={"Objects": keys, "Quiet": True})
-    client.delete_bucket(Bucket=name)
+    """One bucket for the module."""
+    yield from scratch_bucket(seaweedfs, "errors")
 
 
 @pytest.fixture(params=["proxy", "tls_proxy"])

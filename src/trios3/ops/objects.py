@@ -28,6 +28,7 @@ from trios3.core.ranges import content_range, parse_range
 from trios3.core.s3xml import render_copy_object_result
 from trios3.exchange import Exchange
 from trios3.ops import headers as hdr
+from trios3.pipeline import prefetched
 
 log = logging.getLogger("trios3")
 
@@ -35,11 +36,14 @@ SMALL_RESPONSE = 64 * 1024
 MAX_COPY_SOURCE = 5 * 1024**3
 
 
+PIPELINE_DEPTH = 2  # pieces produced ahead of the one being sent (see trios3.pipeline)
+
+
 def stream_window(segment_size: int) -> int:
-    """Budget bytes one streaming request holds at most: the opener or sealer buffer (two
-    segments), one decrypted or sealed segment in flight, and a 64 KiB network read on each
-    side."""
-    return 3 * segment_size + 2 * 64 * 1024
+    """Budget bytes one streaming request holds at most: the opener's or sealer's buffer
+    (a segment and a network read), the pieces queued in its pipeline, the one being sent,
+    and a 64 KiB network read on each side."""
+    return (PIPELINE_DEPTH + 2) * segment_size + 2 * 64 * 1024
 
 
 _SIMPLE_RANGE = re.compile(r"^bytes=(\d*)-(\d*)$")
@@ -104,12 +108,7 @@ async def get_object(ex: Exchange) -> None:
         "response-content-type",
         "response-expires",
     )
-    part = ex.target.query.get("partNumber")
-    if part is not None and part != "1":
-        # Objects the proxy writes are single-part: only part 1 exists.
-        raise S3Error(
-            "InvalidPartNumber", "The requested partnumber is not satisfiable", status=416
-        )
+    _check_part_number(ex)
     client_range = ex.headers.get("range")
     window = _stored_window(client_range, fmt.DEFAULT_SEGMENT_SIZE)
     async with ex.services.budget.lease(stream_window(fmt.DEFAULT_SEGMENT_SIZE)):
@@ -145,14 +144,15 @@ async def get_object(ex: Exchange) -> None:
                     window = f"bytes={span.stored_start}-{span.stored_end}"
                     continue
                 data_key = ex.services.keyring.open(envelope, ex.bucket, ex.key)
-                pieces = _decrypt(response, fetched, span, data_key, envelope.segment_size, size)
                 out = hdr.object_response_headers(response.headers, encrypted=True)
                 out.append(("content-length", str(span.length)))
                 status = 200
                 if wanted:
                     status = 206
                     out.append(("content-range", content_range(start, end, size)))
-                await _send_stream(ex, status, out, pieces)
+                plaintext = _decrypt(response, fetched, span, data_key, envelope.segment_size, size)
+                async with prefetched(plaintext, PIPELINE_DEPTH) as pieces:
+                    await _send_stream(ex, status, out, pieces)
                 return
         raise S3Error("InternalError", "The object changed while it was being read.")
 
@@ -233,9 +233,19 @@ async def _send_foreign(ex: Exchange, response: httpx.Response) -> None:
     await ex.respond.body(b"", more=False)
 
 
+def _check_part_number(ex: Exchange) -> None:
+    """Objects the proxy writes are single-part: part 1 is the whole object."""
+    part = ex.target.query.get("partNumber")
+    if part is not None and part != "1":
+        raise S3Error(
+            "InvalidPartNumber", "The requested partnumber is not satisfiable", status=416
+        )
+
+
 async def head_object(ex: Exchange) -> None:
     hdr.reject_sse_c(ex.headers)
-    query = ex.query_items("versionId", "partNumber")
+    _check_part_number(ex)
+    query = ex.query_items("versionId")
     async with ex.services.backend.stream(
         "HEAD", ex.bucket, ex.key, query=query, headers=hdr.conditions(ex.headers)
     ) as response:
@@ -289,15 +299,26 @@ async def _store_encrypted(
                 yield sealed
         yield sealer.finish()
 
-    async with ex.services.backend.stream(
-        "PUT",
-        ex.bucket,
-        ex.key,
-        headers=headers + list(envelope.to_metadata().items()),
-        body=ciphertext(),
-        content_length=fmt.stored_size(length, envelope.segment_size),
-    ) as response:
-        data = await read_limited(response, SMALL_RESPONSE)
+    async with prefetched(ciphertext(), PIPELINE_DEPTH) as sealed:
+        # The backend request starts only with the first sealed segment in hand: a body that
+        # fails its checks before then (every body of one segment) never reaches the
+        # backend, where a dropped upload could still leave an empty object behind.
+        first = await anext(sealed)
+
+        async def body() -> AsyncIterator[bytes]:
+            yield first
+            async for piece in sealed:
+                yield piece
+
+        async with ex.services.backend.stream(
+            "PUT",
+            ex.bucket,
+            ex.key,
+            headers=headers + list(envelope.to_metadata().items()),
+            body=body(),
+            content_length=fmt.stored_size(length, envelope.segment_size),
+        ) as response:
+            data = await read_limited(response, SMALL_RESPONSE)
     if response.status_code != 200:
         raise backend_error(response, data)
     return response
