@@ -146,3 +146,33 @@ def test_serve_fails_with_one_line_and_no_traceback():
 def test_cli_parser_knows_every_documented_option():
     text = _parser().format_help()
     assert "serve" in text and "keygen" in text
+
+
+def test_a_port_in_use_is_one_clear_line():
+    import socket
+
+    with socket.socket() as taken:
+        taken.bind(("127.0.0.1", 0))
+        taken.listen()
+        port = taken.getsockname()[1]
+        env = {k: v for k, v in os.environ.items() if not k.startswith("TRIOS3_")}
+        env.update(BASE_ENV)
+        result = subprocess.run(
+            [
+                sys.executable,
+                "-m",
+                "trios3.cli",
+                "serve",
+                "--backend",
+                "http://127.0.0.1:1",
+                "--listen",
+                f"127.0.0.1:{port}",
+            ],
+            env=env,
+            capture_output=True,
+            text=True,
+            timeout=60,
+        )
+    assert result.returncode == 2
+    assert "Address already in use" in result.stderr
+    assert "Traceback" not in result.stderr

@@ -24,7 +24,7 @@ from trios3.backend import Backend, BackendSettings, open_backend
 from trios3.body import ClientChannel, ClientDisconnected
 from trios3.budget import MemoryBudget
 from trios3.core import sigv4
-from trios3.core.errors import S3Error
+from trios3.core.errors import S3Error, TamperedError
 from trios3.core.keys import Keyring
 from trios3.core.routing import resolve_target
 from trios3.exchange import Exchange, Responder, Services
@@ -152,6 +152,16 @@ class S3Proxy:
                     await respond.error(err, resource)
             except ClientDisconnected:
                 pass
+            except TamperedError as exc:
+                # Stored bytes or metadata that fail authentication: never served, always told.
+                log.warning(
+                    "%s %s: stored object failed authentication: %s", request_id, operation, exc
+                )
+                if not respond.started:
+                    await respond.error(
+                        S3Error("InternalError", "The stored object failed authentication."),
+                        resource,
+                    )
             except Exception:
                 log.exception("%s %s failed", request_id, operation)
                 if not respond.started:

@@ -80,11 +80,30 @@ def main(argv: list[str] | None = None) -> int:
 
     try:
         trio.run(run)
-    except OSError as exc:
-        return _fail(f"cannot serve: {exc.strerror or exc}")
     except KeyboardInterrupt:
         pass
+    except (OSError, RuntimeError, BaseExceptionGroup) as error:
+        # Start-up failures (a port in use, an embedded backend that would not start) come
+        # out of the server's nurseries as groups: report the first of them in one line.
+        cause = _first_startup_error(error)
+        if cause is None:
+            raise
+        return _fail(f"cannot serve: {cause}")
     return 0
+
+
+def _first_startup_error(error: BaseException) -> str | None:
+    if isinstance(error, BaseExceptionGroup):
+        for inner in error.exceptions:
+            found = _first_startup_error(inner)
+            if found:
+                return found
+        return None
+    if isinstance(error, OSError):
+        return error.strerror or str(error)
+    if isinstance(error, RuntimeError | trio.TooSlowError):
+        return str(error) or type(error).__name__
+    return None
 
 
 if __name__ == "__main__":

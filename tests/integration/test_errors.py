@@ -473,3 +473,10 @@ def test_unsupported_sdk_client_config_still_served(proxy, bucket):
     key = new_key()
     client.put_object(Bucket=bucket, Key=key, Body=b"old style")
     assert client.get_object(Bucket=bucket, Key=key)["Body"].read() == b"old style"
+
+
+def test_healthz_answers_without_credentials_and_leaks_nothing(proxy):
+    response = httpx.get(f"{proxy.url}/healthz")
+    assert response.status_code == 200
+    assert response.text.strip() == "ok"
+    assert proxy.secret_key not in response.text

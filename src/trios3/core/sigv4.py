@@ -43,7 +43,7 @@ _PRESIGN_REQUIRED = (
     "Query-string authentication version 4 requires the X-Amz-Algorithm, X-Amz-Credential, "
     "X-Amz-Signature, X-Amz-Date, X-Amz-SignedHeaders, and X-Amz-Expires parameters."
 )
-_PRESIGN_PARAMS = (
+PRESIGN_PARAMS = (
     "X-Amz-Algorithm",
     "X-Amz-Credential",
     "X-Amz-Date",
@@ -161,7 +161,7 @@ def parse_auth(
     names = {_unquote(k) for k, _ in params}
     if "AWSAccessKeyId" in names or ("Signature" in names and "Expires" in names):
         raise S3Error("InvalidRequest", _SIGV2_MESSAGE)
-    presigned = any(name in names for name in _PRESIGN_PARAMS)
+    presigned = any(name in names for name in PRESIGN_PARAMS)
     if authorization is not None and presigned:
         raise S3Error(
             "InvalidArgument",
@@ -339,14 +339,14 @@ def _parse_presigned(
     found: dict[str, str] = {}
     for raw_key, raw_value in params:
         key = _unquote(raw_key)
-        if key in _PRESIGN_PARAMS:
+        if key in PRESIGN_PARAMS:
             if key in found:
                 raise S3Error(code, f"Duplicate query parameter {key}.")
             found[key] = _unquote(raw_value)
     algorithm = found.get("X-Amz-Algorithm")
     if algorithm == "AWS4-ECDSA-P256-SHA256":
         raise S3Error("NotImplemented", "SigV4a (AWS4-ECDSA-P256-SHA256) is not supported.")
-    if len(found) != len(_PRESIGN_PARAMS):
+    if len(found) != len(PRESIGN_PARAMS):
         raise S3Error(code, _PRESIGN_REQUIRED)
     if algorithm != ALGORITHM:
         raise S3Error(code, 'X-Amz-Algorithm only supports "AWS4-HMAC-SHA256"')

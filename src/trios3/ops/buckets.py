@@ -11,6 +11,7 @@ import hashlib
 
 from trios3.backend import backend_error, read_limited
 from trios3.core import format as fmt
+from trios3.core import sigv4
 from trios3.core.etag import client_etag
 from trios3.core.s3xml import parse_delete_objects, rewrite_listing
 from trios3.exchange import Exchange
@@ -19,16 +20,7 @@ from trios3.ops.headers import HOP_HEADERS
 MAX_SMALL_BODY = 1024 * 1024  # bucket configurations, tagging, ACLs, DeleteObjects
 MAX_LISTING = 4 * 1024 * 1024  # a listing page: at most 1000 entries
 # Query parameters of the client's own presigned signature: never forwarded.
-_PRESIGN_PARAMS = {
-    "X-Amz-Algorithm",
-    "X-Amz-Credential",
-    "X-Amz-Date",
-    "X-Amz-Expires",
-    "X-Amz-SignedHeaders",
-    "X-Amz-Signature",
-    "X-Amz-Security-Token",
-    "x-id",
-}
+_PRESIGN_PARAMS = {*sigv4.PRESIGN_PARAMS, "X-Amz-Security-Token"}
 # Response headers a passthrough may return.
 _PASS_RESPONSE = {
     "content-type",
@@ -50,7 +42,10 @@ def _forward_headers(ex: Exchange) -> list[tuple[str, str]]:
     return [
         (n, v)
         for n, v in ex.headers.items()
-        if n not in HOP_HEADERS and not n.startswith("x-amz-checksum-")
+        if n not in HOP_HEADERS
+        # Checksums describe the client's body (re-sent with the proxy's digest), and a copy
+        # source must never turn a passthrough into a write of stored bytes.
+        and not n.startswith(("x-amz-checksum-", "x-amz-copy-source"))
     ]
 
 

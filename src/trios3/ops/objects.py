@@ -21,7 +21,7 @@ import httpx
 
 from trios3.backend import backend_error, read_limited
 from trios3.core import format as fmt
-from trios3.core.errors import S3Error, TamperedError
+from trios3.core.errors import S3Error
 from trios3.core.etag import client_etag
 from trios3.core.keys import Envelope
 from trios3.core.ranges import content_range, parse_range
@@ -203,21 +203,15 @@ async def _decrypt(
 
 
 async def _send_stream(ex: Exchange, status: int, headers, pieces: AsyncIterator[bytes]) -> None:
-    """Send a streamed body; the first piece is decrypted before the status line, so an object
-    whose first segment is tampered with gets an error status rather than a cut body."""
-    try:
-        first = await anext(pieces, b"")
-    except TamperedError as exc:
-        raise S3Error("InternalError", "The stored object failed authentication.") from exc
+    """Send a streamed body. The first piece is decrypted before the status line, so an object
+    whose first segment fails authentication gets an error status; a later failure can only
+    cut the body short (the app logs it and drops the connection)."""
+    first = await anext(pieces, b"")
     await ex.respond.start(status, headers)
-    try:
-        if first:
-            await ex.respond.body(first, more=True)
-        async for piece in pieces:
-            await ex.respond.body(piece, more=True)
-    except TamperedError as exc:
-        # Headers are gone: the only honest thing left is to cut the body short.
-        raise S3Error("InternalError", "The stored object failed authentication.") from exc
+    if first:
+        await ex.respond.body(first, more=True)
+    async for piece in pieces:
+        await ex.respond.body(piece, more=True)
     await ex.respond.body(b"", more=False)
 
 
