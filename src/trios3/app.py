@@ -17,6 +17,7 @@ from dataclasses import dataclass
 from datetime import UTC, datetime
 from urllib.parse import unquote
 
+import httpx
 import trio
 from quart_trio import QuartTrio
 
@@ -75,6 +76,20 @@ class ProxySettings:
     memory_budget: int = 64 * 1024 * 1024
     admission_timeout: float = 30.0
     virtual_host_domain: str | None = None
+    body_timeout: float = 60.0  # seconds a client may pause while sending a body
+    max_requests: int = 1024  # requests in flight at once; more get 503 SlowDown at once
+
+
+@dataclass
+class ProxyStats:
+    """Counters for a metrics endpoint (the memory budget keeps its own)."""
+
+    in_flight: int = 0
+    requests: int = 0
+    refused_busy: int = 0
+    disconnects: int = 0
+    backend_failures: int = 0
+    tamper_failures: int = 0
 
 
 def _admin_app() -> QuartTrio:
@@ -97,6 +112,7 @@ class S3Proxy:
     def __init__(self, settings: ProxySettings, backend: Backend | None = None) -> None:
         self.settings = settings
         self.budget = MemoryBudget(settings.memory_budget, settings.admission_timeout)
+        self.stats = ProxyStats()
         self._backend = backend
         self._admin = _admin_app()
 
@@ -136,40 +152,35 @@ class S3Proxy:
         respond = Responder(send, request_id, head_only=method == "HEAD")
         resource = unquote(scope.get("raw_path", b"/").decode("latin-1").split("?", 1)[0])
         operation = "-"
-        async with trio.open_nursery() as nursery:
-            channel = ClientChannel(receive, nursery.cancel_scope)
-            nursery.start_soon(channel.run)
-            try:
-                exchange = self._authenticate(scope, channel, respond)
-                operation = _operation_name(exchange)
-                await self._dispatch(operation, exchange)
-            except S3Error as err:
-                if respond.started:
-                    log.warning(
-                        "%s %s aborted after the status line: %s", request_id, operation, err
-                    )
-                else:
-                    await respond.error(err, resource)
-            except ClientDisconnected:
-                pass
-            except TamperedError as exc:
-                # Stored bytes or metadata that fail authentication: never served, always told.
-                log.warning(
-                    "%s %s: stored object failed authentication: %s", request_id, operation, exc
-                )
-                if not respond.started:
-                    await respond.error(
-                        S3Error("InternalError", "The stored object failed authentication."),
-                        resource,
-                    )
-            except Exception:
-                log.exception("%s %s failed", request_id, operation)
-                if not respond.started:
-                    await respond.error(S3Error("InternalError"), resource)
-            finally:
-                nursery.cancel_scope.cancel()
+        stats = self.stats
+        stats.requests += 1
+        if stats.in_flight >= self.settings.max_requests:
+            # Refused before anything is read or reserved: costs the proxy nothing to say.
+            stats.refused_busy += 1
+            await respond.error(S3Error("SlowDown", headers={"Retry-After": "1"}), resource)
+            return
+        stats.in_flight += 1
+        channel = None
+        try:
+            async with trio.open_nursery() as nursery:
+                channel = ClientChannel(receive, nursery.cancel_scope, self.settings.body_timeout)
+                nursery.start_soon(channel.run)
+                try:
+                    exchange = self._authenticate(scope, channel, respond)
+                    operation = _operation_name(exchange)
+                    await self._dispatch(operation, exchange)
+                except Exception as exc:
+                    error = self._failure(exc, request_id, operation, respond.started)
+                    if error is not None and not respond.started:
+                        await respond.error(error, resource)
+                finally:
+                    nursery.cancel_scope.cancel()
+        finally:
+            stats.in_flight -= 1
+            if channel is not None and channel.disconnected and not respond.finished:
+                stats.disconnects += 1
         log.info(
-            "request id=%s op=%s method=%s path=%s status=%s bytes=%d ms=%.1f",
+            "request id=%s op=%s method=%s path=%s status=%s bytes=%d ms=%.1f%s",
             request_id,
             operation,
             method,
@@ -177,7 +188,33 @@ class S3Proxy:
             respond.status or "-",
             respond.bytes_sent,
             (time.monotonic() - started) * 1000,
+            "" if respond.finished else " (cut short)",
         )
+
+    def _failure(
+        self, exc: Exception, request_id: str, operation: str, started: bool
+    ) -> S3Error | None:
+        """What a failed request tells its client (None: nobody is listening), logged and
+        counted here, once. Call it from the ``except`` block that caught ``exc``."""
+        if isinstance(exc, ClientDisconnected):
+            return None
+        if isinstance(exc, S3Error):
+            if started:
+                log.warning("%s %s cut short after the status line: %s", request_id, operation, exc)
+            return exc
+        if isinstance(exc, TamperedError):
+            # Stored bytes or metadata that fail authentication: never served, always told.
+            self.stats.tamper_failures += 1
+            log.warning(
+                "%s %s: stored object failed authentication: %s", request_id, operation, exc
+            )
+            return S3Error("InternalError", "The stored object failed authentication.")
+        if isinstance(exc, httpx.TransportError):
+            self.stats.backend_failures += 1
+            log.warning("%s %s: the backend failed: %r", request_id, operation, exc)
+            return S3Error("ServiceUnavailable", "The backend failed during the request.")
+        log.exception("%s %s failed", request_id, operation)
+        return S3Error("InternalError")
 
     def _authenticate(self, scope, channel: ClientChannel, respond: Responder) -> Exchange:
         raw_path = scope.get("raw_path") or scope["path"].encode()

@@ -39,6 +39,7 @@ class BackendSettings:
     access_key: str
     secret_key: str
     max_connections: int = 256
+    timeout: float = 300.0  # seconds a backend may stay silent mid-request
 
 
 class Backend:
@@ -190,6 +191,7 @@ async def open_backend(settings: BackendSettings) -> AsyncIterator[Backend]:
     )
     # Per-operation inactivity timeouts, not a total: a 5 GiB body may take long, but a
     # backend that stops sending for minutes is gone.
-    timeout = httpx.Timeout(connect=10.0, read=300.0, write=300.0, pool=60.0)
+    silence = settings.timeout
+    timeout = httpx.Timeout(connect=min(10.0, silence), read=silence, write=silence, pool=60.0)
     async with httpx.AsyncClient(limits=limits, timeout=timeout, trust_env=False) as client:
         yield Backend(settings, client)

@@ -41,9 +41,10 @@ class ClientChannel:
     disconnect is then seen as soon as the body is read again.
     """
 
-    def __init__(self, receive, scope: trio.CancelScope) -> None:
+    def __init__(self, receive, scope: trio.CancelScope, body_timeout: float = 60.0) -> None:
         self._receive = receive
         self._scope = scope
+        self._body_timeout = body_timeout
         self._send, self._recv = trio.open_memory_channel[bytes | None](1)
         self.disconnected = False
 
@@ -65,9 +66,17 @@ class ClientChannel:
                     await self._send.send(None)
 
     async def chunks(self) -> AsyncIterator[bytes]:
-        """The raw body bytes as they arrive; ends at the end of the body."""
+        """The raw body bytes as they arrive; ends at the end of the body.
+
+        A client that stops sending for ``body_timeout`` seconds gets ``RequestTimeout``
+        (a slow-loris upload must not hold its budget lease forever).
+        """
         while True:
-            chunk = await self._recv.receive()
+            try:
+                with trio.fail_after(self._body_timeout):
+                    chunk = await self._recv.receive()
+            except trio.TooSlowError:
+                raise S3Error("RequestTimeout") from None
             if chunk is None:
                 return
             yield chunk

@@ -38,6 +38,10 @@ class Config:
     virtual_host_domain: str | None
     memory_budget: int
     admission_timeout: float
+    body_timeout: float = 60.0
+    send_timeout: float = 120.0
+    max_requests: int = 1024
+    backend_timeout: float = 300.0
     generated: tuple[str, ...] = ()  # what the embedded mode created on this run
 
 
@@ -54,6 +58,10 @@ OPTIONS = {
     "virtual-host-domain": (None, "serve virtual-hosted-style requests for BUCKET.<domain>"),
     "memory-budget": ("64MiB", "bytes of body buffers all requests may hold together"),
     "admission-timeout": ("30", "seconds a request may wait for the budget before 503"),
+    "body-timeout": ("60", "seconds a client may pause while sending a request body"),
+    "send-timeout": ("120", "seconds a client may leave response bytes unread (TCP_USER_TIMEOUT)"),
+    "max-requests": ("1024", "requests in flight at once; more get 503 SlowDown"),
+    "backend-timeout": ("300", "seconds the backend may stay silent in a request"),
 }
 
 
@@ -81,6 +89,16 @@ def parse_size(text: str, option: str) -> int:
     if not match or int(match.group(1)) <= 0:
         raise ConfigError(f"--{option}: expected a size such as 64MiB, got {text!r}")
     return int(match.group(1)) * _UNITS[match.group(2).lower()]
+
+
+def parse_seconds(text, option: str) -> float:
+    try:
+        seconds = float(text)
+    except (TypeError, ValueError):
+        seconds = -1.0
+    if not seconds > 0:
+        raise ConfigError(f"--{option}: expected a positive number of seconds, got {text!r}")
+    return seconds
 
 
 def load_credentials(path: str | None, environ: Mapping[str, str]) -> dict[str, str]:
@@ -186,12 +204,13 @@ def build_config(args: argparse.Namespace, environ: Mapping[str, str]) -> Config
             "--backend needs TRIOS3_BACKEND_ACCESS_KEY_ID and TRIOS3_BACKEND_SECRET_ACCESS_KEY"
         )
     memory_budget = parse_size(str(args.memory_budget), "memory-budget")
-    try:
-        admission_timeout = float(args.admission_timeout)
-    except ValueError as exc:
-        raise ConfigError(
-            f"--admission-timeout: expected seconds, got {args.admission_timeout!r}"
-        ) from exc
+    admission_timeout = parse_seconds(args.admission_timeout, "admission-timeout")
+    body_timeout = parse_seconds(args.body_timeout, "body-timeout")
+    send_timeout = parse_seconds(args.send_timeout, "send-timeout")
+    backend_timeout = parse_seconds(args.backend_timeout, "backend-timeout")
+    max_requests = str(args.max_requests)
+    if not max_requests.isdigit() or int(max_requests) < 1:
+        raise ConfigError(f"--max-requests: expected a positive number, got {max_requests!r}")
     key = load_master_key(args.key_file, environ)
     creds = load_credentials(args.credentials, environ)
     data_dir = Path(args.data_dir)
@@ -221,5 +240,9 @@ def build_config(args: argparse.Namespace, environ: Mapping[str, str]) -> Config
         virtual_host_domain=args.virtual_host_domain,
         memory_budget=memory_budget,
         admission_timeout=admission_timeout,
+        body_timeout=body_timeout,
+        send_timeout=send_timeout,
+        max_requests=int(max_requests),
+        backend_timeout=backend_timeout,
         generated=generated,
     )

@@ -40,6 +40,7 @@ class Responder:
         self.request_id = request_id
         self.head_only = head_only
         self.started = False
+        self.finished = False
         self.status = 0
         self.bytes_sent = 0
 
@@ -63,6 +64,7 @@ class Responder:
         # that short and leave the keep-alive connection without its idle timer.
         with trio.CancelScope(shield=True):
             await self._send(message)
+        self.finished = True
 
     async def whole(self, status: int, headers: Sequence[tuple[str, str]], data: bytes) -> None:
         headers = [*headers, ("content-length", str(len(data)))]

@@ -6,7 +6,11 @@ one nursery: when serving ends, all of it ends.
 
 from __future__ import annotations
 
+import dataclasses
+import os
 import signal
+import socket
+from contextlib import contextmanager
 
 import trio
 from hypercorn.config import Config as HypercornConfig
@@ -18,10 +22,38 @@ from trios3.config import Config
 from trios3.embedded import run_seaweedfs
 
 
-def hypercorn_config(config: Config) -> HypercornConfig:
+@contextmanager
+def listening_socket(listen: str, send_timeout: float):
+    """The listening socket, made here so that it carries ``TCP_USER_TIMEOUT``.
+
+    Hypercorn's sends are shielded from cancellation, so a client that stops reading would
+    hold its response (and its budget lease) for as long as it keeps the connection open.
+    With ``TCP_USER_TIMEOUT`` (inherited by accepted connections) the kernel drops a
+    connection whose sent data stays unacknowledged that long; the send then fails and the
+    request's scope ends as for any disconnect.
+    """
+    host, _, port = listen.rpartition(":")
+    host = host.strip("[]")
+    family = socket.AF_INET6 if ":" in host else socket.AF_INET
+    sock = socket.socket(family, socket.SOCK_STREAM)
+    try:
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        if hasattr(socket, "TCP_USER_TIMEOUT"):
+            sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_USER_TIMEOUT, int(send_timeout * 1000))
+        sock.bind((host, int(port)))
+        sock.listen(1024)
+        sock.set_inheritable(True)
+        yield sock
+    finally:
+        sock.close()
+
+
+def hypercorn_config(config: Config, sock: socket.socket) -> HypercornConfig:
     """HTTP/1.1 only, no timeout that cuts a long stream, no body size cap."""
     hc = HypercornConfig()
-    hc.bind = [config.listen]
+    # Hypercorn wraps the descriptor it is given and closes it when it stops: give it a
+    # duplicate of its own, so that the socket's owner here can always close the original.
+    hc.bind = [f"fd://{os.dup(sock.fileno())}"]
     # Go clients (restic, velero) would pick h2 over TLS, whose flow control hypercorn
     # keeps at 64 KiB per stream; S3 is served over HTTP/1.1.
     hc.alpn_protocols = ["http/1.1"]
@@ -46,6 +78,8 @@ def proxy_settings(config: Config, backend: BackendSettings) -> ProxySettings:
         memory_budget=config.memory_budget,
         admission_timeout=config.admission_timeout,
         virtual_host_domain=config.virtual_host_domain,
+        body_timeout=config.body_timeout,
+        max_requests=config.max_requests,
     )
 
 
@@ -70,13 +104,15 @@ async def serve(
             )
         else:
             backend = await nursery.start(run_seaweedfs, config.data_dir)
-        async with open_backend(backend) as client:
-            app = S3Proxy(proxy_settings(config, backend), client)
-            await hypercorn_serve(
-                app,
-                hypercorn_config(config),
-                shutdown_trigger=shutdown_trigger,
-                task_status=task_status,
-            )
+        backend = dataclasses.replace(backend, timeout=config.backend_timeout)
+        with listening_socket(config.listen, config.send_timeout) as sock:
+            async with open_backend(backend) as client:
+                app = S3Proxy(proxy_settings(config, backend), client)
+                await hypercorn_serve(
+                    app,
+                    hypercorn_config(config, sock),
+                    shutdown_trigger=shutdown_trigger,
+                    task_status=task_status,
+                )
         # Serving is over: stop what else the server ran (the embedded backend).
         nursery.cancel_scope.cancel()

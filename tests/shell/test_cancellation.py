@@ -29,7 +29,7 @@ from trios3.backend import Backend, BackendSettings, open_backend
 from trios3.core import sigv4
 from trios3.core.keys import Keyring, MasterKey
 from trios3.ops.objects import stream_window
-from trios3.serve import hypercorn_config
+from trios3.serve import hypercorn_config, listening_socket
 
 pytestmark = pytest.mark.integration
 
@@ -425,31 +425,33 @@ async def test_socket_client_closes_mid_get(make_app, backend, raw_bucket):
         status, _, _ = await put(app, raw_bucket, "huge", data)
     assert status == 200
     observed = Observed(app)
-    config = hypercorn_config(SimpleNamespace(listen="127.0.0.1:0", tls_cert=None, tls_key=None))
-    async with trio.open_nursery() as nursery:
-        binds = await nursery.start(partial(hypercorn_serve, observed, config))
-        port = int(binds[0].rsplit(":", 1)[1])
-        host = f"127.0.0.1:{port}"
-        headers = signed_headers("GET", f"/{raw_bucket}/huge", host=host)
-        request = f"GET /{raw_bucket}/huge HTTP/1.1\r\n"
-        request += "".join(f"{n}: {v}\r\n" for n, v in headers) + "\r\n"
-        stream = await trio.open_tcp_stream("127.0.0.1", port)
-        got = b""
-        with trio.fail_after(30):
-            await stream.send_all(request.encode("latin-1"))
-            while b"\r\n\r\n" not in got or len(got) < 256 * 1024:
-                chunk = await stream.receive_some(65536)
-                assert chunk, "the server closed first"
-                got += chunk
-        head, _, first = got.partition(b"\r\n\r\n")
-        assert head.startswith(b"HTTP/1.1 200")
-        assert first == data[: len(first)]
-        await stream.aclose()
-        with trio.fail_after(10):
-            await observed.finished.wait()
-        assert app.budget.in_use == 0
-        assert busy_connections(backend) == []
-        # The request was cut, not streamed to its end into the void.
-        assert observed.body_bytes < size
-        nursery.cancel_scope.cancel()
+    settings = SimpleNamespace(listen="127.0.0.1:0", tls_cert=None, tls_key=None)
+    with listening_socket(settings.listen, send_timeout=30) as sock:
+        config = hypercorn_config(settings, sock)
+        async with trio.open_nursery() as nursery:
+            binds = await nursery.start(partial(hypercorn_serve, observed, config))
+            port = int(binds[0].rsplit(":", 1)[1])
+            host = f"127.0.0.1:{port}"
+            headers = signed_headers("GET", f"/{raw_bucket}/huge", host=host)
+            request = f"GET /{raw_bucket}/huge HTTP/1.1\r\n"
+            request += "".join(f"{n}: {v}\r\n" for n, v in headers) + "\r\n"
+            stream = await trio.open_tcp_stream("127.0.0.1", port)
+            got = b""
+            with trio.fail_after(30):
+                await stream.send_all(request.encode("latin-1"))
+                while b"\r\n\r\n" not in got or len(got) < 256 * 1024:
+                    chunk = await stream.receive_some(65536)
+                    assert chunk, "the server closed first"
+                    got += chunk
+            head, _, first = got.partition(b"\r\n\r\n")
+            assert head.startswith(b"HTTP/1.1 200")
+            assert first == data[: len(first)]
+            await stream.aclose()
+            with trio.fail_after(10):
+                await observed.finished.wait()
+            assert app.budget.in_use == 0
+            assert busy_connections(backend) == []
+            # The request was cut, not streamed to its end into the void.
+            assert observed.body_bytes < size
+            nursery.cancel_scope.cancel()
     await assert_still_works(app, backend, raw_bucket)
