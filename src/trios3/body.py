@@ -118,7 +118,6 @@ class RequestBody:
         signing_key: bytes,
     ) -> None:
         self._channel = channel
-        self._headers = headers
         self.length = plaintext_length(headers, auth.payload_hash)
         self.checks = PayloadChecks.from_headers(headers)
         mode = auth.payload_hash
