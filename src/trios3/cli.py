@@ -61,6 +61,8 @@ def main(argv: list[str] | None = None) -> int:
             return _fail(str(exc))
         print(f"wrote a new master key to {args.path}")
         return 0
+    if not isinstance(logging.getLevelName(args.log_level.upper()), int):
+        return _fail(f"--log-level: expected DEBUG, INFO, WARNING or ERROR, got {args.log_level!r}")
     try:
         config = build_config(args, os.environ)
         if not config.backend_url:
@@ -70,6 +72,8 @@ def main(argv: list[str] | None = None) -> int:
     logging.basicConfig(
         level=args.log_level.upper(), format="%(asctime)s %(levelname)s %(name)s %(message)s"
     )
+    # One line per request is trios3's own; httpx would add one per backend request.
+    logging.getLogger("httpx").setLevel(logging.WARNING)
 
     async def run() -> None:
         from trios3.serve import serve

@@ -60,7 +60,9 @@ def hypercorn_config(config: Config, sock: socket.socket) -> HypercornConfig:
     hc.keep_alive_timeout = 75
     hc.read_timeout = None
     hc.graceful_timeout = 30
-    hc.h11_max_incomplete_size = 64 * 1024  # request line and headers (metadata up to 2 KB)
+    # Request line and headers: S3 allows 8 KiB of headers (2 KiB of user metadata); this is
+    # what a connection that never finishes its headers can make the proxy hold.
+    hc.h11_max_incomplete_size = 16 * 1024
     hc.include_server_header = False
     hc.accesslog = None
     hc.errorlog = None

@@ -1,0 +1,715 @@
+"""Every way a request can end, for every operation that streams, through the real ASGI app.
+
+The matrix: operations {GET, ranged GET, PUT, copy of an encrypted source (server-side), copy
+of a foreign source (streamed GET -> encrypt -> PUT through the proxy, under a budget lease)}
+x exits {completes, client disconnects before the first body byte / after the first body
+message / mid-stream / while queued for the budget, backend error mid-stream, backend hangs,
+server shutdown}. After each exit: the budget is back to zero with no waiters, no backend
+connection is busy, the app call and every task it started have returned, the counters moved
+as they should, and a later PUT + GET through the same app still works.
+
+The in-process harness (:class:`Call`) plays hypercorn's part as in ``test_cancellation``, and
+also owns the cancel scope the app runs in (a server shutdown cancels it) and closes the
+response channel when the app returns (a client reading sees the connection end). Backend
+failures come from :mod:`fake_backend`, which forwards to the real SeaweedFS and misbehaves on
+one scripted request. Real sockets everywhere, so the real clock under ``trio.fail_after``.
+
+Cells that cannot occur are left out where they would be, with the reason.
+"""
+
+from __future__ import annotations
+
+import os
+import socket
+import uuid
+from collections.abc import AsyncIterator, Sequence
+from contextlib import AsyncExitStack, asynccontextmanager
+from dataclasses import dataclass
+from functools import partial
+from types import SimpleNamespace
+from urllib.parse import unquote
+
+import pytest
+import trio
+import trio.testing
+from fake_backend import FakeBackend, fake_backend
+from hypercorn.trio import serve as hypercorn_serve
+from test_cancellation import (
+    ACCESS_KEY,
+    PIECE,
+    REGION,
+    SECRET_KEY,
+    AsgiCall,
+    Observed,
+    busy_connections,
+    signed_headers,
+)
+
+from trios3.app import ProxySettings, S3Proxy
+from trios3.backend import Backend, BackendSettings, open_backend
+from trios3.core import format as fmt
+from trios3.core import sigv4
+from trios3.core.keys import Keyring, MasterKey
+from trios3.ops.objects import stream_window
+from trios3.serve import hypercorn_config, listening_socket
+
+pytestmark = pytest.mark.integration
+
+KEYRING = Keyring([MasterKey(MasterKey.generate())])
+SIZE = 2 * 1024 * 1024  # 16 body messages of one 128 KiB segment each
+SEGMENT = fmt.DEFAULT_SEGMENT_SIZE
+WINDOW = stream_window(SEGMENT)
+RANGE = (200_000, 1_500_000)
+OPS = ["get", "range", "put", "copy_encrypted", "copy_foreign"]
+STREAMED_GETS = ["get", "range"]
+
+
+# -- the harness ------------------------------------------------------------------------------
+
+
+class Call(AsgiCall):
+    """An :class:`AsgiCall` whose app runs in ``scope`` and whose end the client can see."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.scope = trio.CancelScope()
+        self.returned = False
+
+    def shutdown(self) -> None:
+        """The server stops: what hypercorn's nursery does to the app's task."""
+        self.scope.cancel()
+
+    async def read_until_closed(self) -> tuple[dict | None, bytes, bool]:
+        """(status message, body bytes, whether the response was finished), read until the
+        app returns."""
+        start, parts, finished = None, [], False
+        while True:
+            try:
+                frame = await self.receive_frame()
+            except (trio.EndOfChannel, trio.ClosedResourceError):
+                return start, b"".join(parts), finished
+            if frame["type"] == "http.response.start":
+                start = frame
+            else:
+                parts.append(frame.get("body", b""))
+                finished = not frame.get("more_body", False)
+
+
+def _scope(method: str, path: str, headers: Sequence[tuple[str, str]]) -> dict:
+    return {
+        "type": "http",
+        "asgi": {"version": "3.0", "spec_version": "2.3"},
+        "http_version": "1.1",
+        "method": method,
+        "scheme": "http",
+        "path": unquote(path),
+        "raw_path": path.encode("ascii"),
+        "query_string": b"",
+        "root_path": "",
+        "headers": [(n.encode("latin-1"), v.encode("latin-1")) for n, v in headers],
+        "client": ("127.0.0.1", 50000),
+        "server": ("127.0.0.1", 80),
+    }
+
+
+@asynccontextmanager
+async def open_call(
+    app, method: str, path: str, headers: Sequence[tuple[str, str]] = (), **sign
+) -> AsyncIterator[Call]:
+    """Run ``app`` for one request; leaving the block waits (bounded) for it to return."""
+    scope = _scope(method, path, signed_headers(method, path, headers, **sign))
+    call = Call()
+
+    async def app_call() -> None:
+        try:
+            with call.scope:
+                await app(scope, call.receive, call.send)
+        finally:
+            call._out_send.close()  # the connection is over for the client
+            call.done.set()
+
+    async with trio.open_nursery() as nursery:
+        nursery.start_soon(app_call, name="asgi-app-call")
+        yield call
+        with trio.fail_after(10):
+            await call.done.wait()
+    call.returned = True
+
+
+def live_tasks() -> list[str]:
+    """Every task of the run that belongs to the app or to an app call."""
+    names = []
+    stack = [trio.lowlevel.current_root_task()]
+    while stack:
+        task = stack.pop()
+        if task.name.startswith("trios3.") or task.name == "asgi-app-call":
+            names.append(task.name)
+        for nursery in task.child_nurseries:
+            stack.extend(nursery.child_tasks)
+    return names
+
+
+# -- requests and checks ----------------------------------------------------------------------
+
+
+@dataclass
+class Objects:
+    bucket: str
+    encrypted: str  # put through the proxy
+    foreign: str  # put straight into SeaweedFS
+    data: bytes
+    foreign_data: bytes
+
+
+def request_for(op: str, objects: Objects, target: str) -> tuple[str, str, list, dict]:
+    """(method, path, headers, signing options) of ``op``; ``target`` is a PUT's or a copy's
+    destination key."""
+    bucket = objects.bucket
+    if op == "get":
+        return "GET", f"/{bucket}/{objects.encrypted}", [], {}
+    if op == "range":
+        return (
+            "GET",
+            f"/{bucket}/{objects.encrypted}",
+            [("range", f"bytes={RANGE[0]}-{RANGE[1]}")],
+            {},
+        )
+    if op == "put":
+        headers = [("content-length", str(SIZE))]
+        return "PUT", f"/{bucket}/{target}", headers, {"payload_hash": sigv4.UNSIGNED_PAYLOAD}
+    source = objects.encrypted if op == "copy_encrypted" else objects.foreign
+    return "PUT", f"/{bucket}/{target}", [("x-amz-copy-source", f"/{bucket}/{source}")], {}
+
+
+def expected_body(op: str, objects: Objects) -> bytes:
+    if op == "range":
+        return objects.data[RANGE[0] : RANGE[1] + 1]
+    return objects.foreign_data if op == "copy_foreign" else objects.data
+
+
+async def stored_status(backend: Backend, bucket: str, key: str) -> int:
+    """The status of a HEAD straight at SeaweedFS."""
+    response, _ = await backend.request("HEAD", bucket, key)
+    return response.status_code
+
+
+async def simple_put(app, bucket: str, key: str, data: bytes) -> int:
+    headers = [("content-length", str(len(data)))]
+    async with (
+        open_call(
+            app, "PUT", f"/{bucket}/{key}", headers, payload_hash=sigv4.UNSIGNED_PAYLOAD
+        ) as call,
+        trio.open_nursery() as nursery,
+    ):
+        nursery.start_soon(feed, call, data, None)
+        start, body, finished = await call.read_until_closed()
+    assert finished, body
+    return start["status"]
+
+
+async def simple_get(app, bucket: str, key: str) -> tuple[int, bytes]:
+    async with open_call(app, "GET", f"/{bucket}/{key}") as call:
+        await call.send_body(b"", more=False)
+        start, body, finished = await call.read_until_closed()
+    assert finished
+    return start["status"], body
+
+
+async def feed(call: Call, data: bytes, pieces: int | None) -> None:
+    """Send ``data`` as a request body, or only its first ``pieces`` pieces (then wait)."""
+    chunks = [data[i : i + PIECE] for i in range(0, len(data), PIECE)] or [b""]
+    for i, chunk in enumerate(chunks[:pieces]):
+        await call.send_body(chunk, more=i < len(chunks) - 1)
+
+
+async def run_to_end(app, op: str, objects: Objects, target: str):
+    """Send ``op`` whole (a PUT's client goes on sending until the answer comes) and read
+    until the app returns: (call, status message, body, whether the response finished)."""
+    method, path, headers, sign = request_for(op, objects, target)
+    with trio.fail_after(30):
+        async with (
+            open_call(app, method, path, headers, **sign) as call,
+            trio.open_nursery() as nursery,
+        ):
+            nursery.start_soon(feed, call, objects.data if op == "put" else b"", None)
+            start, body, finished = await call.read_until_closed()
+            nursery.cancel_scope.cancel()
+    return call, start, body, finished
+
+
+async def assert_settled(app: S3Proxy, call: Call, *, holding: int = 0) -> None:
+    """Nothing the ended request held is still held, and the app call is over."""
+    assert call.returned
+    assert live_tasks() == []
+    assert app.budget.in_use == holding
+    assert app.budget.stats.waiting == 0
+    backend = app.services.backend
+    assert busy_connections(backend) == []
+    assert backend._client._transport._pool._requests == []
+    assert app.stats.in_flight == 0
+
+
+async def assert_still_works(app: S3Proxy, bucket: str) -> None:
+    key = "after-" + uuid.uuid4().hex[:8]
+    data = os.urandom(200_000)
+    with trio.fail_after(30):
+        assert await simple_put(app, bucket, key, data) == 200
+        assert await simple_get(app, bucket, key) == (200, data)
+    assert app.budget.in_use == 0
+    assert busy_connections(app.services.backend) == []
+
+
+async def fake_settled(fake: FakeBackend) -> None:
+    """The proxy closed every connection it had open to the fake."""
+    with trio.fail_after(5):
+        await fake.idle()
+
+
+# -- fixtures ---------------------------------------------------------------------------------
+
+
+@pytest.fixture(scope="module")
+def bucket(seaweedfs):
+    client = seaweedfs.client()
+    name = "matrix-" + uuid.uuid4().hex[:12]
+    client.create_bucket(Bucket=name)
+    yield name
+    for page in client.get_paginator("list_objects_v2").paginate(Bucket=name):
+        for item in page.get("Contents", []):
+            client.delete_object(Bucket=name, Key=item["Key"])
+    client.delete_bucket(Bucket=name)
+
+
+@pytest.fixture
+def real_settings(seaweedfs) -> BackendSettings:
+    return BackendSettings(seaweedfs.url, REGION, seaweedfs.access_key, seaweedfs.secret_key)
+
+
+@pytest.fixture
+async def backend(real_settings):
+    async with open_backend(real_settings) as client:
+        yield client
+
+
+def proxy(backend: Backend, **settings) -> S3Proxy:
+    return S3Proxy(
+        ProxySettings(
+            credentials={ACCESS_KEY: SECRET_KEY},
+            keyring=KEYRING,
+            backend=backend.settings,
+            **settings,
+        ),
+        backend,
+    )
+
+
+@pytest.fixture
+def make_app(backend):
+    return partial(proxy, backend)
+
+
+@pytest.fixture
+async def fake(seaweedfs):
+    host, port = seaweedfs.url.removeprefix("http://").rsplit(":", 1)
+    async with fake_backend((host, int(port))) as server:
+        yield server
+
+
+@pytest.fixture
+async def make_fake_app(fake, seaweedfs):
+    """Apps whose backend is the fake (``silence``: the backend silence timeout)."""
+    async with AsyncExitStack() as stack:
+
+        async def make(silence: float = 300.0, **settings) -> S3Proxy:
+            settings_ = BackendSettings(
+                fake.url, REGION, seaweedfs.access_key, seaweedfs.secret_key, timeout=silence
+            )
+            client = await stack.enter_async_context(open_backend(settings_))
+            return proxy(client, **settings)
+
+        yield make
+
+
+@pytest.fixture
+async def objects(backend, bucket) -> Objects:
+    """An encrypted and a foreign source object of SIZE bytes, fresh for each test."""
+    tag = uuid.uuid4().hex[:8]
+    data, foreign_data = os.urandom(SIZE), os.urandom(SIZE)
+    with trio.fail_after(30):
+        assert await simple_put(proxy(backend), bucket, "enc-" + tag, data) == 200
+        response, _ = await backend.request("PUT", bucket, "foreign-" + tag, body=foreign_data)
+    assert response.status_code == 200
+    return Objects(bucket, "enc-" + tag, "foreign-" + tag, data, foreign_data)
+
+
+# -- exit: completes --------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("op", OPS)
+async def test_completes(make_app, backend, objects, op):
+    app = make_app()
+    target = "dst-" + uuid.uuid4().hex[:8]
+    call, start, body, finished = await run_to_end(app, op, objects, target)
+    assert finished
+    if op in STREAMED_GETS:
+        assert start["status"] == (206 if op == "range" else 200)
+        assert body == expected_body(op, objects)
+    else:
+        assert start["status"] == 200, body
+        assert await simple_get(app, objects.bucket, target) == (200, expected_body(op, objects))
+    assert (app.stats.disconnects, app.stats.backend_failures) == (0, 0)
+    await assert_settled(app, call)
+    await assert_still_works(app, objects.bucket)
+
+
+# -- exit: the client disconnects -------------------------------------------------------------
+#
+# For a GET the points are counted in response body messages. For a PUT they are counted in
+# request body messages (its response is one message after the upload). A copy has no body
+# either way and answers in one message when it is done: for the encrypted source (one
+# server-side backend request) the only point is "before the answer", taken while the
+# backend copy request is in flight; for the foreign source the points are taken in its
+# internal stream instead (the source GET paused by the fake after 0 bytes, one piece, and
+# half the object, by which time the encrypting backend PUT is under way).
+
+POINTS = {"before_first_byte": 0, "after_first_message": 1, "mid_stream": 6}
+
+
+@pytest.mark.parametrize("point", POINTS)
+@pytest.mark.parametrize("op", ["get", "range", "put"])
+async def test_client_disconnects(make_app, backend, objects, op, point):
+    app = make_app()
+    target = "cut-" + uuid.uuid4().hex[:8]
+    method, path, headers, sign = request_for(op, objects, target)
+    async with open_call(app, method, path, headers, **sign) as call:
+        with trio.fail_after(30):
+            if op == "put":
+                await feed(call, objects.data, POINTS[point])
+                await trio.testing.wait_all_tasks_blocked()
+            else:
+                await call.send_body(b"", more=False)
+                start = await call.receive_frame()
+                assert start["status"] == (206 if op == "range" else 200)
+                received = b""
+                for _ in range(POINTS[point]):
+                    frame = await call.receive_frame()
+                    assert frame["more_body"]
+                    received += frame["body"]
+                assert received == expected_body(op, objects)[: len(received)]
+        call.disconnect()
+    assert call.sends_after_disconnect <= 4  # cancelled, not streamed on into the void
+    assert (app.stats.disconnects, app.stats.backend_failures) == (1, 0)
+    await assert_settled(app, call)
+    if op == "put":
+        assert await stored_status(backend, objects.bucket, target) == 404
+    await assert_still_works(app, objects.bucket)
+
+
+async def test_client_disconnects_during_encrypted_copy(make_fake_app, fake, backend, objects):
+    app = await make_fake_app()
+    target = "cut-" + uuid.uuid4().hex[:8]
+    copy = fake.script("PUT", f"/{objects.bucket}/{target}", "hang")
+    method, path, headers, sign = request_for("copy_encrypted", objects, target)
+    async with open_call(app, method, path, headers, **sign) as call:
+        await call.send_body(b"", more=False)
+        with trio.fail_after(10):
+            await copy.triggered.wait()
+        call.disconnect()
+    with trio.fail_after(5):
+        await copy.closed.wait()
+    assert (app.stats.disconnects, app.stats.backend_failures) == (1, 0)
+    await assert_settled(app, call)
+    await fake_settled(fake)
+    assert await stored_status(backend, objects.bucket, target) == 404
+    await assert_still_works(app, objects.bucket)
+
+
+FOREIGN_POINTS = {"before_first_byte": 0, "after_first_message": PIECE, "mid_stream": SIZE // 2}
+
+
+@pytest.mark.parametrize("point", FOREIGN_POINTS)
+async def test_client_disconnects_during_foreign_copy(make_fake_app, fake, backend, objects, point):
+    app = await make_fake_app()
+    target = "cut-" + uuid.uuid4().hex[:8]
+    source = fake.script(
+        "GET", f"/{objects.bucket}/{objects.foreign}", "stall", FOREIGN_POINTS[point]
+    )
+    method, path, headers, sign = request_for("copy_foreign", objects, target)
+    async with open_call(app, method, path, headers, **sign) as call:
+        await call.send_body(b"", more=False)
+        with trio.fail_after(10):
+            await source.triggered.wait()
+            if point == "mid_stream":
+                # The encrypting PUT of the destination is under way before the cut.
+                await fake.arrived("PUT", f"/{objects.bucket}/{target}")
+        assert app.budget.in_use == WINDOW
+        call.disconnect()
+    with trio.fail_after(5):
+        await source.closed.wait()
+    assert (app.stats.disconnects, app.stats.backend_failures) == (1, 0)
+    await assert_settled(app, call)
+    await fake_settled(fake)
+    assert await stored_status(backend, objects.bucket, target) == 404
+    await assert_still_works(app, objects.bucket)
+
+
+# -- exit: the client disconnects while queued for the budget ---------------------------------
+#
+# A copy of an encrypted source holds no body bytes and takes no lease, so it cannot queue:
+# its cell is that it completes while the budget is spent.
+
+
+@pytest.mark.parametrize("op", ["get", "range", "put", "copy_foreign"])
+async def test_client_disconnects_while_queued(make_app, objects, op):
+    app = make_app(memory_budget=WINDOW, admission_timeout=30)
+    target = "queued-" + uuid.uuid4().hex[:8]
+    method, path, headers, sign = request_for(op, objects, target)
+    async with app.budget.lease(WINDOW):
+        async with open_call(app, method, path, headers, **sign) as call:
+            if op != "put":
+                await call.send_body(b"", more=False)
+            with trio.fail_after(10):
+                # A copy asks the backend first; the budget has no event to wait on.
+                while app.budget.stats.waiting != 1:  # noqa: ASYNC110
+                    await trio.sleep(0.005)
+            call.disconnect()
+        assert app.budget.stats.waiting == 0
+        assert app.budget.in_use == WINDOW  # only the test's own lease
+        assert app.budget.stats.cancelled_while_waiting == 1
+    assert (app.stats.disconnects, app.stats.backend_failures) == (1, 0)
+    await assert_settled(app, call)
+    await assert_still_works(app, objects.bucket)
+
+
+async def test_encrypted_copy_needs_no_budget(make_app, objects):
+    app = make_app(memory_budget=WINDOW, admission_timeout=30)
+    target = "nobudget-" + uuid.uuid4().hex[:8]
+    method, path, headers, sign = request_for("copy_encrypted", objects, target)
+    async with app.budget.lease(WINDOW):
+        with trio.fail_after(10):
+            async with open_call(app, method, path, headers, **sign) as call:
+                await call.send_body(b"", more=False)
+                start, body, finished = await call.read_until_closed()
+        await assert_settled(app, call, holding=WINDOW)
+    assert (start["status"], finished) == (200, True), body
+    await assert_still_works(app, objects.bucket)
+    assert await simple_get(app, objects.bucket, target) == (200, objects.data)
+
+
+# -- exit: the backend fails mid-stream -------------------------------------------------------
+#
+# GET: the response has started (the first segment was decrypted before the status line), so
+# the body is cut short. PUT: the backend drops the upload; copy of a foreign source: the
+# source GET is cut; both answer 503. A copy of an encrypted source streams nothing: its
+# cell is the backend dropping the server-side copy request.
+
+BACKEND_CUT = 300 * 1024
+
+
+@pytest.mark.parametrize("op", OPS)
+async def test_backend_fails_mid_stream(make_fake_app, fake, backend, objects, op):
+    app = await make_fake_app()
+    target = "broken-" + uuid.uuid4().hex[:8]
+    source = objects.foreign if op == "copy_foreign" else objects.encrypted
+    if op in STREAMED_GETS or op == "copy_foreign":
+        script = fake.script("GET", f"/{objects.bucket}/{source}", "cut", BACKEND_CUT)
+    elif op == "put":
+        script = fake.script("PUT", f"/{objects.bucket}/{target}", "drop", BACKEND_CUT)
+    else:
+        script = fake.script("PUT", f"/{objects.bucket}/{target}", "close")
+    call, start, body, finished = await run_to_end(app, op, objects, target)
+    assert script.triggered.is_set()
+    if op in STREAMED_GETS:
+        assert start["status"] == (206 if op == "range" else 200)
+        assert not finished
+        assert 0 < len(body) < len(expected_body(op, objects))
+        assert body == expected_body(op, objects)[: len(body)]
+    else:
+        assert (start["status"], finished) == (503, True)
+        assert b"<Code>ServiceUnavailable</Code>" in body
+        assert await stored_status(backend, objects.bucket, target) == 404
+    await assert_settled(app, call)
+    await fake_settled(fake)
+    await assert_still_works(app, objects.bucket)
+    assert (app.stats.disconnects, app.stats.backend_failures) == (0, 1)
+
+
+# -- exit: the backend hangs ------------------------------------------------------------------
+#
+# "before": the backend never answers the request (for a PUT: never reads the upload nor
+# answers it). "mid_body": it sends the status line and part of the body, then nothing (only
+# for requests whose response body is streamed). The app's backend silence timeout ends it.
+
+SILENCE = 0.5
+
+
+@pytest.mark.parametrize(
+    ("op", "when"),
+    [(op, "before") for op in OPS] + [(op, "mid_body") for op in (*STREAMED_GETS, "copy_foreign")],
+)
+async def test_backend_hangs(make_fake_app, fake, backend, objects, op, when):
+    app = await make_fake_app(silence=SILENCE)
+    target = "hung-" + uuid.uuid4().hex[:8]
+    source = objects.foreign if op == "copy_foreign" else objects.encrypted
+    if op in STREAMED_GETS or op == "copy_foreign":
+        method_, path_ = "GET", f"/{objects.bucket}/{source}"
+    else:
+        method_, path_ = "PUT", f"/{objects.bucket}/{target}"
+    if when == "before":
+        script = fake.script(method_, path_, "hang")
+    else:
+        script = fake.script(method_, path_, "stall", BACKEND_CUT)
+    began = trio.current_time()
+    call, start, body, finished = await run_to_end(app, op, objects, target)
+    assert trio.current_time() - began >= SILENCE
+    assert script.triggered.is_set()
+    if op in STREAMED_GETS and when == "mid_body":
+        assert start["status"] == (206 if op == "range" else 200)
+        assert not finished
+        assert body == expected_body(op, objects)[: len(body)]
+    else:
+        assert (start["status"], finished) == (503, True)
+        assert b"<Code>ServiceUnavailable</Code>" in body
+        if op != "get" and op != "range":
+            assert await stored_status(backend, objects.bucket, target) == 404
+    with trio.fail_after(5):
+        await script.closed.wait()
+    await assert_settled(app, call)
+    await fake_settled(fake)
+    await assert_still_works(app, objects.bucket)
+    assert (app.stats.disconnects, app.stats.backend_failures) == (0, 1)
+
+
+# -- exit: the server shuts down --------------------------------------------------------------
+#
+# The scope running the app call is cancelled, as hypercorn's nursery is when serving ends:
+# a GET after its first body message, a PUT after a few body messages, a copy while its
+# backend request is in flight (held there by the fake).
+
+
+@pytest.mark.parametrize("op", OPS)
+async def test_server_shutdown(make_fake_app, fake, backend, objects, op):
+    app = await make_fake_app()
+    target = "shut-" + uuid.uuid4().hex[:8]
+    method, path, headers, sign = request_for(op, objects, target)
+    script = None
+    if op == "copy_encrypted":
+        script = fake.script("PUT", f"/{objects.bucket}/{target}", "hang")
+    elif op == "copy_foreign":
+        script = fake.script("GET", f"/{objects.bucket}/{objects.foreign}", "stall", SIZE // 2)
+    async with open_call(app, method, path, headers, **sign) as call:
+        with trio.fail_after(10):
+            if op == "put":
+                await feed(call, objects.data, 6)
+                await trio.testing.wait_all_tasks_blocked()
+            else:
+                await call.send_body(b"", more=False)
+            if op in STREAMED_GETS:
+                assert (await call.receive_frame())["type"] == "http.response.start"
+                assert (await call.receive_frame())["more_body"]
+            if script is not None:
+                await script.triggered.wait()
+        call.shutdown()
+        _, _, finished = await call.read_until_closed()
+    assert not finished
+    assert (app.stats.disconnects, app.stats.backend_failures) == (0, 0)
+    await assert_settled(app, call)
+    await fake_settled(fake)
+    if op not in STREAMED_GETS:
+        assert await stored_status(backend, objects.bucket, target) == 404
+    await assert_still_works(app, objects.bucket)
+
+
+# -- the other bounds -------------------------------------------------------------------------
+
+
+async def test_put_whose_client_stops_sending_gets_request_timeout(make_app, backend, objects):
+    app = make_app(body_timeout=0.5)
+    target = "slow-" + uuid.uuid4().hex[:8]
+    method, path, headers, sign = request_for("put", objects, target)
+    with trio.fail_after(30):
+        async with open_call(app, method, path, headers, **sign) as call:
+            # Past the first segment: the backend PUT has begun when the client stops.
+            await feed(call, objects.data, 5)
+            start, body, finished = await call.read_until_closed()
+    assert (start["status"], finished) == (400, True)
+    assert b"<Code>RequestTimeout</Code>" in body
+    assert (app.stats.disconnects, app.stats.backend_failures) == (0, 0)
+    await assert_settled(app, call)
+    assert await stored_status(backend, objects.bucket, target) == 404
+    await assert_still_works(app, objects.bucket)
+
+
+async def test_max_requests_refuses_at_once_with_slowdown(make_app, objects):
+    app = make_app(max_requests=1)
+    with trio.fail_after(30):
+        async with open_call(app, "GET", f"/{objects.bucket}/{objects.encrypted}") as held:
+            await held.send_body(b"", more=False)
+            assert (await held.receive_frame())["status"] == 200
+            first = (await held.receive_frame())["body"]
+            assert app.stats.in_flight == 1
+            with trio.fail_after(1):
+                async with open_call(app, "GET", f"/{objects.bucket}/{objects.encrypted}") as call:
+                    await call.send_body(b"", more=False)
+                    start, body, finished = await call.read_until_closed()
+            assert (start["status"], finished) == (503, True)
+            assert b"<Code>SlowDown</Code>" in body
+            assert dict(start["headers"]).get(b"retry-after") == b"1"
+            assert app.stats.refused_busy == 1
+            _, rest, finished = await held.read_until_closed()
+    assert finished
+    assert first + rest == objects.data
+    await assert_settled(app, held)
+    await assert_still_works(app, objects.bucket)
+    assert app.stats.refused_busy == 1
+
+
+# -- a client that stops reading, through hypercorn and a real socket -------------------------
+
+
+async def test_client_that_stops_reading_is_dropped_by_tcp_user_timeout(make_app, objects):
+    size = 64 * 1024 * 1024
+    app = make_app()
+    key = "unread-" + uuid.uuid4().hex[:8]
+    with trio.fail_after(60):
+        assert await simple_put(app, objects.bucket, key, os.urandom(size)) == 200
+    observed = Observed(app)
+    settings = SimpleNamespace(listen="127.0.0.1:0", tls_cert=None, tls_key=None)
+    with listening_socket(settings.listen, send_timeout=2) as sock:
+        config = hypercorn_config(settings, sock)
+        async with trio.open_nursery() as nursery:
+            binds = await nursery.start(partial(hypercorn_serve, observed, config))
+            port = int(binds[0].rsplit(":", 1)[1])
+            path = f"/{objects.bucket}/{key}"
+            headers = signed_headers("GET", path, host=f"127.0.0.1:{port}")
+            request = f"GET {path} HTTP/1.1\r\n"
+            request += "".join(f"{n}: {v}\r\n" for n, v in headers) + "\r\n"
+            client = trio.socket.socket(socket.AF_INET, socket.SOCK_STREAM)
+            client.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 4096)
+            await client.connect(("127.0.0.1", port))
+            try:
+                with trio.fail_after(10):
+                    await client.send(request.encode("latin-1"))
+                    got = b""
+                    while len(got) < 64 * 1024:
+                        chunk = await client.recv(16384)
+                        assert chunk, "the server closed first"
+                        got += chunk
+                assert got.startswith(b"HTTP/1.1 200")
+                began = trio.current_time()
+                # The client stops reading but keeps the connection open.
+                with trio.fail_after(30):
+                    await observed.finished.wait()
+                took = trio.current_time() - began
+                print(f"the app call returned {took:.2f} s after the client stopped reading")
+                assert live_tasks() == []
+                assert app.budget.in_use == 0
+                assert app.stats.in_flight == 0
+                assert app.stats.disconnects == 1
+                assert busy_connections(app.services.backend) == []
+                assert observed.body_bytes < size
+                assert took >= 2
+            finally:
+                client.close()
+            nursery.cancel_scope.cancel()
+    await assert_still_works(app, objects.bucket)
