@@ -14,7 +14,6 @@ from contextlib import asynccontextmanager
 from dataclasses import dataclass
 from datetime import UTC, datetime
 
-import h11
 import httpx
 
 from trios3.core import sigv4
@@ -77,10 +76,9 @@ class Backend:
         cancelled stream never leaves a connection half-read in the pool.
         """
         request = self._build(method, bucket, key, query, headers, body, content_length)
-        try:
-            response = await self._client.send(request, stream=True)
-        except (httpx.TransportError, h11.LocalProtocolError) as exc:
-            raise S3Error("ServiceUnavailable", "The backend could not be reached.") from exc
+        # Transport failures (unreachable, silent, dropped) propagate as httpx errors, and the
+        # app answers and counts them in one place, wherever in a request they happen.
+        response = await self._client.send(request, stream=True)
         try:
             yield response
         finally:
