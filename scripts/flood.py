@@ -32,8 +32,15 @@ After each load the script also probes that the budget was fully given back: it 
 many GETs as the budget admits at once (budget // per-request window) and expects every
 one of them to get its status line promptly.
 
-Exit status: 0 if no proxy was killed, no request failed other than by a deliberate 503,
-no admitted GET came back different and no budget was left leased; 1 otherwise.
+It also compares the requests the clients sent with the request lines the proxy logged
+(one per request, written when its handler returns): a request that never got its line is
+still held inside the proxy. Each proxy is stopped with SIGTERM and SIGKILLed only if it has
+not exited after 15 s; that is reported as a hang, not as a kill.
+
+Exit status: 0 if no proxy was killed (died during a load, or an OOM kill in its group), no
+request failed other than by a deliberate 503, no admitted GET or sampled PUT came back
+different, no budget was left leased, every request ended in the proxy and every proxy
+exited on SIGTERM; 1 otherwise. The RSS target is reported, not enforced.
 """
 
 from __future__ import annotations

@@ -77,7 +77,7 @@ class ProxySettings:
     admission_timeout: float = 30.0
     virtual_host_domain: str | None = None
     body_timeout: float = 60.0  # seconds a client may pause while sending a body
-    max_requests: int = 1024  # requests in flight at once; more get 503 SlowDown at once
+    max_requests: int = 256  # requests in flight at once; more get 503 SlowDown at once
 
 
 @dataclass
@@ -154,18 +154,17 @@ class S3Proxy:
         operation = "-"
         stats = self.stats
         stats.requests += 1
-        if stats.in_flight >= self.settings.max_requests:
-            # Refused before anything is read or reserved: costs the proxy nothing to say.
-            stats.refused_busy += 1
-            await respond.error(S3Error("SlowDown", headers={"Retry-After": "1"}), resource)
-            return
         stats.in_flight += 1
-        channel = None
         try:
             async with trio.open_nursery() as nursery:
                 channel = ClientChannel(receive, nursery.cancel_scope, self.settings.body_timeout)
+                respond.before_last = channel.stop_reading
                 nursery.start_soon(channel.run)
                 try:
+                    if stats.in_flight > self.settings.max_requests:
+                        # Refused before anything is read or reserved.
+                        stats.refused_busy += 1
+                        raise S3Error("SlowDown", headers={"Retry-After": "1"})
                     exchange = self._authenticate(scope, channel, respond)
                     operation = _operation_name(exchange)
                     await self._dispatch(operation, exchange)
@@ -177,8 +176,8 @@ class S3Proxy:
                     nursery.cancel_scope.cancel()
         finally:
             stats.in_flight -= 1
-            if channel is not None and channel.disconnected and not respond.finished:
-                stats.disconnects += 1
+        if channel.disconnected and not respond.finished:
+            stats.disconnects += 1
         log.info(
             "request id=%s op=%s method=%s path=%s status=%s bytes=%d ms=%.1f%s",
             request_id,

@@ -33,19 +33,19 @@ class ClientDisconnected(Exception):
 class ClientChannel:
     """Owns the ASGI ``receive`` callable for one request.
 
-    ``run`` is a task in the request's nursery: it forwards body messages through a channel
-    that holds one message (so at most one 64 KiB piece waits here, and the end-of-body mark
-    of a bodiless request never blocks) and, after the body, keeps listening so that a
-    disconnect cancels ``scope`` at once, whatever the request is awaiting. While a body is
-    not being consumed, hypercorn's queue fills and TCP pushes back on the client; a
-    disconnect is then seen as soon as the body is read again.
+    ``run`` is a task in the request's nursery. It hands body messages over one at a time,
+    with no buffer of its own (a message waits here only while the request is not reading),
+    so hypercorn's small queue fills and TCP pushes back on the client. After the body, or
+    once the request has said it will read no more (:meth:`stop_reading`), it keeps
+    listening and discards, so that a disconnect cancels ``scope`` at once, whatever the
+    request is awaiting, and hypercorn is never left blocked on a full queue.
     """
 
     def __init__(self, receive, scope: trio.CancelScope, body_timeout: float = 60.0) -> None:
         self._receive = receive
         self._scope = scope
         self._body_timeout = body_timeout
-        self._send, self._recv = trio.open_memory_channel[bytes | None](1)
+        self._send, self._recv = trio.open_memory_channel[bytes](0)
         self.disconnected = False
 
     async def run(self) -> None:
@@ -57,13 +57,26 @@ class ClientChannel:
                 self.disconnected = True
                 self._scope.cancel()
                 return
-            if kind == "http.request" and body_open:
-                chunk = message.get("body", b"")
-                if chunk:
+            if kind != "http.request" or not body_open:
+                continue
+            chunk = message.get("body", b"")
+            if chunk:
+                try:
                     await self._send.send(chunk)
-                if not message.get("more_body", False):
-                    body_open = False
-                    await self._send.send(None)
+                except trio.BrokenResourceError:
+                    pass  # the request stopped reading: what hypercorn still holds is dropped
+            if not message.get("more_body", False):
+                body_open = False
+                self._send.close()
+
+    def stop_reading(self) -> None:
+        """The request reads no more of its body: from now on it is drained and dropped.
+
+        Called before the last response message. When a response ends before its request
+        body was read (an error, a 503), hypercorn closes the connection and must be able to
+        hand this request its disconnect, which it cannot while its queue is full.
+        """
+        self._recv.close()
 
     async def chunks(self) -> AsyncIterator[bytes]:
         """The raw body bytes as they arrive; ends at the end of the body.
@@ -77,7 +90,7 @@ class ClientChannel:
                     chunk = await self._recv.receive()
             except trio.TooSlowError:
                 raise S3Error("RequestTimeout") from None
-            if chunk is None:
+            except trio.EndOfChannel:
                 return
             yield chunk
 

@@ -40,7 +40,7 @@ class Config:
     admission_timeout: float
     body_timeout: float = 60.0
     send_timeout: float = 120.0
-    max_requests: int = 1024
+    max_requests: int = 256
     backend_timeout: float = 300.0
     generated: tuple[str, ...] = ()  # what the embedded mode created on this run
 
@@ -60,7 +60,7 @@ OPTIONS = {
     "admission-timeout": ("30", "seconds a request may wait for the budget before 503"),
     "body-timeout": ("60", "seconds a client may pause while sending a request body"),
     "send-timeout": ("120", "seconds a client may leave response bytes unread (TCP_USER_TIMEOUT)"),
-    "max-requests": ("1024", "requests in flight at once; more get 503 SlowDown"),
+    "max-requests": ("256", "requests in flight at once; more get 503 SlowDown"),
     "backend-timeout": ("300", "seconds the backend may stay silent in a request"),
 }
 

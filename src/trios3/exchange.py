@@ -7,7 +7,7 @@ backend, and back, with nothing else in between.
 
 from __future__ import annotations
 
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 
 import trio
@@ -37,6 +37,8 @@ class Responder:
 
     def __init__(self, send, request_id: str, head_only: bool) -> None:
         self._send = send
+        # Called just before the last message (the request's body reader stops reading).
+        self.before_last: Callable[[], None] = lambda: None
         self.request_id = request_id
         self.head_only = head_only
         self.started = False
@@ -62,6 +64,7 @@ class Responder:
         # Sending the last message makes hypercorn recycle the connection (and tell this
         # request's channel it is over) inside this very call; a cancel landing here would cut
         # that short and leave the keep-alive connection without its idle timer.
+        self.before_last()
         with trio.CancelScope(shield=True):
             await self._send(message)
         self.finished = True

@@ -63,6 +63,9 @@ def hypercorn_config(config: Config, sock: socket.socket) -> HypercornConfig:
     # Request line and headers: S3 allows 8 KiB of headers (2 KiB of user metadata); this is
     # what a connection that never finishes its headers can make the proxy hold.
     hc.h11_max_incomplete_size = 16 * 1024
+    # Body messages hypercorn may queue for a request (64 KiB each) before TCP pushes back:
+    # they are read before admission, so they sit outside the budget; keep them few.
+    hc.max_app_queue_size = 2
     hc.include_server_header = False
     hc.accesslog = None
     hc.errorlog = None

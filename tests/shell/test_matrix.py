@@ -713,3 +713,69 @@ async def test_client_that_stops_reading_is_dropped_by_tcp_user_timeout(make_app
                 client.close()
             nursery.cancel_scope.cancel()
     await assert_still_works(app, objects.bucket)
+
+
+@pytest.mark.parametrize("cause", ["budget", "busy"])
+async def test_put_refused_before_its_body_is_read_ends_and_frees_the_connection(
+    make_app, objects, cause
+):
+    """A 503 sent while hypercorn's queue is full of unread body: hypercorn then closes the
+    connection and must hand the request its disconnect; the request must drain to let it."""
+    if cause == "budget":
+        app = make_app(memory_budget=1024 * 1024, admission_timeout=0.2)
+    else:
+        app = make_app(max_requests=1)
+    observed = Observed(app)
+    settings = SimpleNamespace(listen="127.0.0.1:0", tls_cert=None, tls_key=None)
+    size = 16 * 1024 * 1024
+    path = f"/{objects.bucket}/refused-{uuid.uuid4().hex[:8]}"
+    with listening_socket(settings.listen, send_timeout=30) as sock:
+        config = hypercorn_config(settings, sock)
+        async with trio.open_nursery() as nursery:
+            binds = await nursery.start(partial(hypercorn_serve, observed, config))
+            port = int(binds[0].rsplit(":", 1)[1])
+            headers = signed_headers(
+                "PUT",
+                path,
+                [("content-length", str(size))],
+                payload_hash="UNSIGNED-PAYLOAD",
+                host=f"127.0.0.1:{port}",
+            )
+            request = f"PUT {path} HTTP/1.1\r\n"
+            request += "".join(f"{n}: {v}\r\n" for n, v in headers) + "\r\n"
+            client = await trio.open_tcp_stream("127.0.0.1", port)
+
+            async def send_body() -> None:
+                # The client keeps sending until the server stops taking its bytes.
+                try:
+                    await client.send_all(request.encode("latin-1"))
+                    piece = b"\0" * 65536
+                    for _ in range(size // len(piece)):
+                        await client.send_all(piece)
+                except trio.BrokenResourceError:
+                    pass
+
+            with trio.fail_after(30):
+                async with AsyncExitStack() as stack:
+                    if cause == "budget":
+                        await stack.enter_async_context(app.budget.lease(1024 * 1024))
+                    else:
+                        app.stats.in_flight += 1  # as if one request were already in flight
+                        stack.callback(setattr, app.stats, "in_flight", 0)
+                    async with trio.open_nursery() as sender:
+                        sender.start_soon(send_body)
+                        got = b""
+                        while b"\r\n\r\n" not in got:
+                            chunk = await client.receive_some(65536)
+                            assert chunk, "closed before answering"
+                            got += chunk
+                        assert got.startswith(b"HTTP/1.1 503")
+                        await observed.finished.wait()
+                        sender.cancel_scope.cancel()
+            await client.aclose()
+            assert live_tasks() == []
+            assert app.budget.in_use == 0
+            assert app.stats.in_flight == 0
+            nursery.cancel_scope.cancel()
+    assert await stored_status(app.services.backend, objects.bucket, path.rsplit("/", 1)[1]) == 404
+    await assert_still_works(app, objects.bucket)
