@@ -13,7 +13,7 @@ import secrets
 import time
 from collections.abc import Awaitable, Callable
 from contextlib import AsyncExitStack
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from urllib.parse import unquote
 
@@ -70,7 +70,7 @@ MULTIPART = {
 class ProxySettings:
     """What the app needs to answer S3 requests (built once from the configuration)."""
 
-    credentials: dict[str, str]  # access key id -> secret key
+    credentials: dict[str, str] = field(repr=False)  # access key id -> secret key
     keyring: Keyring
     backend: BackendSettings
     memory_budget: int = 64 * 1024 * 1024
@@ -179,7 +179,7 @@ class S3Proxy:
         if channel.disconnected and not respond.finished:
             stats.disconnects += 1
         log.info(
-            "request id=%s op=%s method=%s path=%s status=%s bytes=%d ms=%.1f%s",
+            "request id=%s op=%s method=%s path=%r status=%s bytes=%d ms=%.1f%s",
             request_id,
             operation,
             method,
@@ -222,6 +222,9 @@ class S3Proxy:
         pairs = [(n.decode("latin-1").lower(), v.decode("latin-1")) for n, v in scope["headers"]]
         headers: dict[str, str] = {}
         for name, value in pairs:
+            if name in headers and _single(name):
+                # The signature covers the first of two; the proxy could act on either.
+                raise S3Error("InvalidArgument", f"The header {name} may appear only once.")
             headers[name] = f"{headers[name]},{value}" if name in headers else value
         target = resolve_target(
             scope["method"],
@@ -233,6 +236,18 @@ class S3Proxy:
         auth = sigv4.parse_auth(scope["method"], raw_path, query_string, pairs)
         if auth is None:
             raise S3Error("AccessDenied", "Anonymous requests are not accepted.")
+        unsigned = sorted(
+            n for n in headers if n.startswith("x-amz-") and n not in auth.signed_headers
+        )
+        unsigned = [n for n in unsigned if n != "x-amz-content-sha256"]  # in the canonical form
+        if unsigned:
+            # As AWS: a header that changes what the request does must be signed, or a
+            # presigned PUT could be turned into a copy of any object, say.
+            raise S3Error(
+                "AccessDenied",
+                "There were headers present in the request which were not signed",
+                fields={"HeadersNotSigned": ", ".join(unsigned)},
+            )
         secret = self.settings.credentials.get(auth.access_key)
         if secret is None:
             raise S3Error("InvalidAccessKeyId", fields={"AWSAccessKeyId": auth.access_key})
@@ -267,6 +282,28 @@ def _operation_name(exchange: Exchange) -> str:
     if "x-amz-copy-source" in exchange.headers:
         name = {"PutObject": "CopyObject", "UploadPart": "UploadPartCopy"}.get(name, name)
     return name
+
+
+_SINGLE = frozenset(
+    {
+        "authorization",
+        "content-encoding",
+        "content-length",
+        "content-md5",
+        "content-type",
+        "host",
+        "if-match",
+        "if-modified-since",
+        "if-none-match",
+        "if-unmodified-since",
+        "range",
+    }
+)
+
+
+def _single(name: str) -> bool:
+    """Headers that authentication, routing or body checks read must not be repeated."""
+    return name.startswith("x-amz-") or name in _SINGLE
 
 
 def _carries_auth(scope) -> bool:

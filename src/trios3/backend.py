@@ -11,7 +11,7 @@ from __future__ import annotations
 import hashlib
 from collections.abc import AsyncIterable, AsyncIterator, Sequence
 from contextlib import asynccontextmanager
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from datetime import UTC, datetime
 
 import httpx
@@ -36,7 +36,7 @@ class BackendSettings:
     url: str
     region: str
     access_key: str
-    secret_key: str
+    secret_key: str = field(repr=False)
     max_connections: int = 256
     timeout: float = 300.0  # seconds a backend may stay silent mid-request
 
@@ -143,8 +143,16 @@ class Backend:
         raw_query = sigv4.canonical_query_string(list(query))
         raw_path = path.encode("ascii") + (b"?" + raw_query.encode("ascii") if raw_query else b"")
         url = self._base.copy_with(raw_path=raw_path)
+        # The request target goes out as signed: httpx would otherwise normalise "." and ".."
+        # segments (valid in S3 keys) after signing. The bytes are ciphertext or XML read raw,
+        # so no content coding is asked for.
+        out.append(("accept-encoding", "identity"))
         return self._client.build_request(
-            method, url, headers=[(n, v) for n, v in out if n != "host"], content=body
+            method,
+            url,
+            headers=[(n, v) for n, v in out if n != "host"],
+            content=body,
+            extensions={"target": raw_path},
         )
 
 

@@ -13,7 +13,7 @@ import re
 import secrets
 import tomllib
 from collections.abc import Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
 from trios3.core.keys import Keyring, MasterKey
@@ -29,8 +29,8 @@ class Config:
     backend_url: str | None
     backend_region: str
     backend_access_key: str | None
-    backend_secret_key: str | None
-    credentials: Mapping[str, str]
+    backend_secret_key: str | None = field(repr=False)
+    credentials: Mapping[str, str] = field(repr=False)
     keyring: Keyring
     tls_cert: str | None
     tls_key: str | None

@@ -74,9 +74,6 @@ class Responder:
         await self.start(status, headers)
         await self.body(data, more=False)
 
-    async def xml(self, status: int, data: bytes) -> None:
-        await self.whole(status, [("content-type", "application/xml")], data)
-
     async def error(self, err: S3Error, resource: str) -> None:
         headers = list(err.headers.items())
         if err.status == 304 or self.head_only:

@@ -482,3 +482,58 @@ def test_healthz_answers_without_credentials_and_leaks_nothing(proxy):
     assert response.status_code == 200
     assert response.text.strip() == "ok"
     assert proxy.secret_key not in response.text
+
+
+def _raw_request(endpoint, method, path, headers, body=b""):
+    """Send exactly these headers (http.client adds none of its own)."""
+    import http.client
+    import urllib.parse
+
+    url = urllib.parse.urlsplit(endpoint.url)
+    conn = http.client.HTTPConnection(url.hostname, url.port, timeout=30)
+    conn.putrequest(method, path, skip_host=True, skip_accept_encoding=True)
+    for name, value in headers:
+        conn.putheader(name, value)
+    conn.putheader("content-length", str(len(body)))
+    conn.endheaders()
+    conn.send(body)
+    response = conn.getresponse()
+    return response.status, response.read()
+
+
+def test_unsigned_x_amz_headers_are_refused_so_a_presigned_put_cannot_become_a_copy(proxy, bucket):
+    client = proxy.client()
+    secret_key = f"secret-{uuid.uuid4().hex[:8]}"
+    client.put_object(Bucket=bucket, Key=secret_key, Body=b"top secret")
+    url = client.generate_presigned_url(
+        "put_object", Params={"Bucket": bucket, "Key": "dropbox"}, ExpiresIn=300
+    )
+    path = url.split("://", 1)[1].split("/", 1)[1]
+    host = proxy.url.split("://", 1)[1]
+    status, body = _raw_request(
+        proxy, "PUT", "/" + path, [("host", host), ("x-amz-copy-source", f"{bucket}/{secret_key}")]
+    )
+    assert status == 403
+    assert b"<Code>AccessDenied</Code>" in body
+    assert b"x-amz-copy-source" in body
+    with pytest.raises(ClientError):
+        client.head_object(Bucket=bucket, Key="dropbox")
+
+
+def test_a_repeated_content_sha256_header_is_refused(proxy, bucket):
+    signed_body = b"what the client signed"
+    payload_hash = hashlib.sha256(signed_body).hexdigest()
+    host = proxy.url.split("://", 1)[1]
+    key = f"dup-{uuid.uuid4().hex[:8]}"
+    request = AWSRequest(method="PUT", url=f"{proxy.url}/{bucket}/{key}", data=signed_body)
+    request.headers["x-amz-content-sha256"] = payload_hash
+    S3SigV4Auth(Credentials(proxy.access_key, proxy.secret_key), "s3", "us-east-1").add_auth(
+        request
+    )
+    headers = [("host", host), *request.headers.items()]
+    headers.append(("x-amz-content-sha256", payload_hash))
+    status, body = _raw_request(proxy, "PUT", f"/{bucket}/{key}", headers, b"a forged body!!!")
+    assert status == 400
+    assert b"<Code>InvalidArgument</Code>" in body
+    with pytest.raises(ClientError):
+        proxy.client().head_object(Bucket=bucket, Key=key)

@@ -20,7 +20,7 @@ from __future__ import annotations
 
 import re
 from dataclasses import dataclass, field
-from urllib.parse import parse_qsl, unquote
+from urllib.parse import unquote
 
 from trios3.core.errors import S3Error
 
@@ -190,21 +190,18 @@ def resolve_target(
 
 
 def parse_query(query_string: str) -> dict[str, str]:
-    """Decode a raw query string; a repeated parameter is InvalidArgument."""
-    try:
-        pairs = parse_qsl(
-            query_string,
-            keep_blank_values=True,
-            encoding="utf-8",
-            errors="strict",
-            max_num_fields=_MAX_QUERY_FIELDS,
-        )
-    except UnicodeDecodeError as exc:
-        raise S3Error("InvalidURI") from exc
-    except ValueError as exc:  # more than _MAX_QUERY_FIELDS
-        raise S3Error("InvalidArgument", "Too many query parameters.") from exc
+    """Decode a raw query string; a repeated parameter is InvalidArgument.
+
+    Percent-decoding only: ``+`` stays a plus, exactly as the signature check reads it, so
+    the query the proxy acts on is the one that was verified (SigV4 clients send spaces as
+    ``%20``).
+    """
+    pairs = [part.partition("=") for part in query_string.split("&") if part]
+    if len(pairs) > _MAX_QUERY_FIELDS:
+        raise S3Error("InvalidArgument", "Too many query parameters.")
     query: dict[str, str] = {}
-    for name, value in pairs:
+    for raw_name, _, raw_value in pairs:
+        name, value = _decode(raw_name), _decode(raw_value)
         if name in query:
             raise S3Error(
                 "InvalidArgument",

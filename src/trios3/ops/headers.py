@@ -72,6 +72,7 @@ COPY_CONDITIONS = tuple(f"x-amz-copy-source-{c}" for c in CONDITIONS)
 # a body the proxy re-sends itself.
 HOP_HEADERS = frozenset(
     {
+        "accept-encoding",
         "authorization",
         "connection",
         "content-length",

@@ -97,6 +97,27 @@ class Fetched:
         return cls(0, length - 1, length)
 
 
+def _refusal(ex: Exchange, response: httpx.Response, body: bytes) -> S3Error:
+    """The error for a backend GET/HEAD that did not succeed; a 304 keeps the validators
+    (ETag, Last-Modified) a client needs to keep its cached copy, in the client's terms.
+
+    A backend 304 may carry no metadata to tell whether the object is the proxy's; the
+    client's own If-None-Match does (it names the ETag the client was given), and without
+    one the object is taken to be the proxy's, as all objects written through it are.
+    """
+    error = backend_error(response, body)
+    if response.status_code == 304:
+        etag = response.headers.get("etag", "")
+        encrypted = etag not in ex.headers.get("if-none-match", "")
+        if any(n.startswith(hdr.RESERVED_META) for n in response.headers):
+            encrypted = True
+        if etag:
+            error.headers["etag"] = client_etag(etag, encrypted)
+        if "last-modified" in response.headers:
+            error.headers["last-modified"] = response.headers["last-modified"]
+    return error
+
+
 async def get_object(ex: Exchange) -> None:
     hdr.reject_sse_c(ex.headers)
     query = ex.query_items(
@@ -125,7 +146,7 @@ async def get_object(ex: Exchange) -> None:
                         # the last byte, then (for a foreign object) let the backend judge.
                         window = "bytes=-1" if window != "bytes=-1" else client_range
                         continue
-                    raise backend_error(response, await read_limited(response, SMALL_RESPONSE))
+                    raise _refusal(ex, response, await read_limited(response, SMALL_RESPONSE))
                 envelope = Envelope.from_metadata(response.headers)
                 if envelope is None:
                     if window != client_range:
@@ -245,7 +266,7 @@ async def head_object(ex: Exchange) -> None:
     ) as response:
         pass
     if response.status_code != 200:
-        raise backend_error(response, b"")
+        raise _refusal(ex, response, b"")
     envelope = Envelope.from_metadata(response.headers)
     out = hdr.object_response_headers(response.headers, encrypted=envelope is not None)
     stored = int(response.headers.get("content-length", "0"))
@@ -254,8 +275,15 @@ async def head_object(ex: Exchange) -> None:
         size = fmt.plaintext_size(stored, envelope.segment_size)
         if size is None:
             raise S3Error("InternalError", "The stored object has an impossible size.")
-    out.append(("content-length", str(size)))
-    await ex.respond.start(200, out)
+    # A Range on HEAD is answered as S3 does: 206 with the range's length and Content-Range.
+    wanted = parse_range(ex.headers.get("range"), size)
+    if wanted:
+        start, end = wanted
+        out.append(("content-length", str(end - start + 1)))
+        out.append(("content-range", content_range(start, end, size)))
+    else:
+        out.append(("content-length", str(size)))
+    await ex.respond.start(206 if wanted else 200, out)
     await ex.respond.body(b"", more=False)
 
 
@@ -320,7 +348,7 @@ async def _store_encrypted(
 
 async def delete_object(ex: Exchange) -> None:
     response, data = await ex.services.backend.request(
-        "DELETE", ex.bucket, ex.key, query=ex.query_items("versionId")
+        "DELETE", ex.bucket, ex.key, query=ex.query_items("versionId"), max_body=SMALL_RESPONSE
     )
     if response.status_code not in (200, 204):
         raise backend_error(response, data)
@@ -366,7 +394,7 @@ async def copy_object(ex: Exchange) -> None:
         for n, v in hdr.conditions(ex.headers, hdr.COPY_CONDITIONS)
     ]
     source, _ = await ex.services.backend.request(
-        "HEAD", src_bucket, src_key, query=query, headers=src_conditions
+        "HEAD", src_bucket, src_key, query=query, headers=src_conditions, max_body=SMALL_RESPONSE
     )
     if source.status_code != 200:
         err = backend_error(source, b"")
@@ -415,7 +443,9 @@ async def copy_object(ex: Exchange) -> None:
     ]
     if "x-amz-tagging-directive" in ex.headers:
         headers.append(("x-amz-tagging-directive", ex.headers["x-amz-tagging-directive"]))
-    response, data = await ex.services.backend.request("PUT", ex.bucket, ex.key, headers=headers)
+    response, data = await ex.services.backend.request(
+        "PUT", ex.bucket, ex.key, headers=headers, max_body=SMALL_RESPONSE
+    )
     if response.status_code != 200:
         raise backend_error(response, data)
     etag, last_modified = _copy_result(data)
