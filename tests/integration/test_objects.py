@@ -802,3 +802,14 @@ def test_head_with_a_range_answers_like_get(
     assert head["ResponseMetadata"]["HTTPStatusCode"] == status_code
     assert head["ContentLength"] == length
     assert head.get("ContentRange") == content_range
+
+
+def test_copying_a_foreign_object_onto_itself_encrypts_it_in_place(s3, backend, bucket):
+    key = f"migrate-{uuid.uuid4().hex[:8]}"
+    plaintext = os.urandom(200_000)
+    backend.put_object(Bucket=bucket, Key=key, Body=plaintext, Metadata={"owner": "me"})
+    s3.copy_object(Bucket=bucket, Key=key, CopySource={"Bucket": bucket, "Key": key})
+    stored = backend.get_object(Bucket=bucket, Key=key)
+    assert "trios3-dek" in stored["Metadata"] and stored["Metadata"]["owner"] == "me"
+    assert stored["Body"].read() != plaintext
+    assert s3.get_object(Bucket=bucket, Key=key)["Body"].read() == plaintext

@@ -403,7 +403,9 @@ async def copy_object(ex: Exchange) -> None:
         raise err
     envelope = Envelope.from_metadata(source.headers)
     if directive == "COPY":
-        if (src_bucket, src_key) == (ex.bucket, ex.key) and not _changes_something(ex):
+        # Copying a foreign object onto itself changes its encryption: that is a migration.
+        itself = (src_bucket, src_key) == (ex.bucket, ex.key) and envelope is not None
+        if itself and not _changes_something(ex):
             raise S3Error(
                 "InvalidRequest",
                 "This copy request is illegal because it is trying to copy an object to itself "
