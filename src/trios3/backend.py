@@ -28,7 +28,6 @@ _BACKEND_AUTH_ERRORS = {
     "SignatureDoesNotMatch",
     "AuthorizationHeaderMalformed",
 }
-_MAX_ERROR_BODY = 64 * 1024
 
 
 @dataclass(frozen=True)

@@ -4,8 +4,9 @@ from __future__ import annotations
 
 import pytest
 
+from trios3.core import format as fmt
 from trios3.core.errors import S3Error
-from trios3.core.ranges import content_range, parse_range
+from trios3.core.ranges import content_range, parse_range, stored_window
 
 
 def invalid_range(header: str, size: int) -> S3Error:
@@ -110,3 +111,41 @@ def test_content_range():
     assert content_range(0, 0, 1) == "bytes 0-0/1"
     assert content_range(7, 9, 10) == "bytes 7-9/10"
     assert content_range(*parse_range("bytes=-3", 10), 10) == "bytes 7-9/10"
+
+
+# -- the stored window fetched before the object's size is known ------------------------------
+
+
+def _window_bounds(window: str | None, stored: int) -> tuple[int, int]:
+    """What a backend serves for ``window`` from an object of ``stored`` bytes."""
+    if window is None:
+        return 0, stored - 1
+    first, last = window.removeprefix("bytes=").split("-")
+    if not first:
+        return max(0, stored - int(last)), stored - 1
+    return int(first), stored - 1 if not last else min(int(last), stored - 1)
+
+
+@pytest.mark.parametrize("size", [1, 100, 4095, 4096, 4097, 3 * 4096, 3 * 4096 + 5])
+def test_the_stored_window_always_covers_the_segments_of_the_range(size):
+    segment = 4096
+    stored = fmt.stored_size(size, segment)
+    points = sorted({0, 1, segment - 1, segment, segment + 1, size // 2, size - 2, size - 1})
+    points = [p for p in points if 0 <= p < size]
+    headers = [f"bytes={a}-{b}" for a in points for b in points if a <= b]
+    headers += [f"bytes={a}-" for a in points]
+    headers += [f"bytes=-{n}" for n in (1, 2, segment - 1, segment, segment + 1, size, size + 7)]
+    for header in headers:
+        start, end = parse_range(header, size)
+        span = fmt.span_for_range(size, start, end, segment)
+        low, high = _window_bounds(stored_window(header, segment), stored)
+        assert low <= span.stored_start and span.stored_end <= high, header
+
+
+@pytest.mark.parametrize("header", [None, "bytes=5-3", "bytes=0-1,4-5", "items=0-1", "bytes=-0"])
+def test_ranges_that_will_be_ignored_or_refused_fetch_everything(header):
+    assert stored_window(header, 4096) is None
+
+
+def test_a_range_inside_one_segment_fetches_only_that_segment():
+    assert stored_window("bytes=5000-5010", 4096) == f"bytes={4112}-{2 * 4112 - 1}"

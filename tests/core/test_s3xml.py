@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import copy
-import types
 import xml.etree.ElementTree as ET
 
 import botocore.handlers
@@ -15,12 +14,9 @@ from trios3.core.errors import S3Error
 from trios3.core.s3xml import (
     S3_NS,
     parse_delete_objects,
-    parse_delete_result,
     parse_error,
     render_copy_object_result,
-    render_delete_result,
     render_error,
-    render_location,
     rewrite_listing,
 )
 
@@ -215,57 +211,6 @@ def test_parse_delete_objects_conditional_fields_are_not_implemented():
     assert info.value.code == "NotImplemented"
 
 
-# -- DeleteObjects result ----------------------------------------------------------------------
-
-
-def test_render_delete_result_is_what_botocore_reads(s3_model):
-    body = render_delete_result(
-        [("a&b", None), ("k", "v1")], [("bad<key", "AccessDenied", "Access Denied")], quiet=False
-    )
-    assert boto_parse(s3_model, "DeleteObjects", body) == {
-        "Deleted": [{"Key": "a&b"}, {"Key": "k", "VersionId": "v1"}],
-        "Errors": [{"Key": "bad<key", "Code": "AccessDenied", "Message": "Access Denied"}],
-    }
-
-
-def test_render_delete_result_quiet_lists_only_errors(s3_model):
-    body = render_delete_result([("a", None)], [("b", "InternalError", "x")], quiet=True)
-    assert boto_parse(s3_model, "DeleteObjects", body) == {
-        "Errors": [{"Key": "b", "Code": "InternalError", "Message": "x"}]
-    }
-    assert body.startswith(DECLARATION + f'<DeleteResult xmlns="{S3_NS}"'.encode())
-
-
-def test_parse_delete_result_of_the_backend():
-    body = (
-        f'<?xml version="1.0" encoding="UTF-8"?>\n<DeleteResult xmlns="{S3_NS}">'
-        "<Deleted><Key>a</Key></Deleted>"
-        "<Deleted><Key>b</Key><VersionId>v2</VersionId><DeleteMarker>true</DeleteMarker>"
-        "<DeleteMarkerVersionId>m</DeleteMarkerVersionId></Deleted>"
-        "<Error><Key>c</Key><Code>AccessDenied</Code><Message>Access Denied</Message></Error>"
-        "</DeleteResult>"
-    ).encode()
-    assert parse_delete_result(body) == (
-        [("a", None), ("b", "v2")],
-        [("c", "AccessDenied", "Access Denied")],
-    )
-
-
-def test_parse_delete_result_round_trips_render():
-    deleted, errors = [("x y", None), ("z", "v")], [("q", "AccessDenied", "no")]
-    assert parse_delete_result(render_delete_result(deleted, errors, quiet=False)) == (
-        deleted,
-        errors,
-    )
-
-
-@pytest.mark.parametrize("body", [b"", b"<Error><Code>X</Code></Error>", b"junk"])
-def test_parse_delete_result_unreadable_is_internal_error(body):
-    with pytest.raises(S3Error) as info:
-        parse_delete_result(body)
-    assert info.value.code == "InternalError"
-
-
 # -- listings ----------------------------------------------------------------------------------
 
 # ListObjectsV2 as AWS sends it for encoding-type=url, delimiter, fetch-owner, with checksums.
@@ -420,21 +365,3 @@ def test_render_copy_object_result_is_what_botocore_reads(s3_model):
     parsed = boto_parse(s3_model, "CopyObject", body)
     assert parsed["CopyObjectResult"]["ETag"] == '"abc"'
     assert parsed["CopyObjectResult"]["LastModified"].year == 2024
-
-
-def bucket_location(body: bytes) -> str | None:
-    """What botocore's own GetBucketLocation handler makes of the body."""
-    parsed: dict = {}
-    response = types.SimpleNamespace(raw=object(), content=body)
-    botocore.handlers.parse_get_bucket_location(parsed, response)
-    return parsed["LocationConstraint"]
-
-
-def test_render_location_us_east_1_is_empty():
-    body = render_location("us-east-1")
-    assert body == DECLARATION + f'<LocationConstraint xmlns="{S3_NS}" />'.encode()
-    assert bucket_location(body) is None
-
-
-def test_render_location_other_region():
-    assert bucket_location(render_location("eu-central-1")) == "eu-central-1"

@@ -18,6 +18,7 @@ from __future__ import annotations
 import re
 
 from trios3.core.errors import S3Error
+from trios3.core.format import TAG_SIZE
 
 _RANGE = re.compile(r"bytes=([0-9]*)-([0-9]*)", re.IGNORECASE)
 
@@ -49,6 +50,35 @@ def parse_range(header: str | None, size: int) -> tuple[int, int] | None:
     if start >= size:
         raise _unsatisfiable(header, size)
     return start, size - 1 if end is None else min(end, size - 1)
+
+
+def stored_window(header: str | None, segment_size: int) -> str | None:
+    """The backend Range to fetch for a client's Range before the object's size is known,
+    taking the object to be encrypted in segments of ``segment_size`` (plus a tag each).
+
+    ``a-b`` maps to the segments that cover it, ``a-`` to everything from a's segment, and
+    ``-n`` to enough trailing segments to hold n plaintext bytes wherever the last segment
+    boundary falls. Anything else (no range, or one that will be ignored) fetches it all.
+    The caller checks the answer against the real size and segment size, and asks again
+    when the guess did not cover the span.
+    """
+    if header is None:
+        return None
+    match = _RANGE.fullmatch(header.strip())
+    if match is None:
+        return None
+    first, last = match.groups()
+    unit = segment_size + TAG_SIZE
+    if first and last:
+        if int(first) > int(last):
+            return None
+        return f"bytes={int(first) // segment_size * unit}-{(int(last) // segment_size + 1) * unit - 1}"
+    if first:
+        return f"bytes={int(first) // segment_size * unit}-"
+    if last and int(last) > 0:
+        segments = -(-int(last) // segment_size) + 1
+        return f"bytes=-{segments * unit}"
+    return None
 
 
 def content_range(start: int, end: int, size: int) -> str:

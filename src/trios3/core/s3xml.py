@@ -105,54 +105,6 @@ def _delete_entry(element: ET.Element) -> tuple[str, str | None]:
     return key, fields.get("VersionId") or None
 
 
-def render_delete_result(
-    deleted: list[tuple[str, str | None]],
-    errors: list[tuple[str, str, str]],
-    quiet: bool,
-) -> bytes:
-    """``<DeleteResult>``; quiet mode lists only the errors, as AWS does."""
-    root = ET.Element("DeleteResult", xmlns=S3_NS)
-    if not quiet:
-        for key, version_id in deleted:
-            entry = ET.SubElement(root, "Deleted")
-            _child(entry, "Key", key)
-            if version_id is not None:
-                _child(entry, "VersionId", version_id)
-    for key, code, message in errors:
-        entry = ET.SubElement(root, "Error")
-        _child(entry, "Key", key)
-        _child(entry, "Code", code)
-        _child(entry, "Message", message)
-    return _serialize(root)
-
-
-def parse_delete_result(
-    body: bytes,
-) -> tuple[list[tuple[str, str | None]], list[tuple[str, str, str]]]:
-    """The backend's ``<DeleteResult>`` as ``(deleted, errors)``; InternalError if unreadable."""
-    root = _parse(body)
-    if root is None or _local(root) != "DeleteResult":
-        raise S3Error("InternalError", "The backend sent an unreadable DeleteResult.")
-    deleted: list[tuple[str, str | None]] = []
-    errors: list[tuple[str, str, str]] = []
-    for element in root:
-        tag = _local(element)
-        if tag == "Deleted":
-            deleted.append((_text(element, "Key") or "", _text(element, "VersionId")))
-        elif tag == "Error":
-            errors.append(
-                (
-                    _text(element, "Key") or "",
-                    _text(element, "Code") or "InternalError",
-                    _text(element, "Message") or "",
-                )
-            )
-    return deleted, errors
-
-
-# -- listings ----------------------------------------------------------------------------------
-
-
 def rewrite_listing(
     body: bytes,
     size_of: Callable[[int], int],
@@ -199,17 +151,6 @@ def render_copy_object_result(etag: str, last_modified: str) -> bytes:
     _child(root, "ETag", etag)
     _child(root, "LastModified", last_modified)
     return _serialize(root)
-
-
-def render_location(region: str) -> bytes:
-    """GetBucketLocation's answer: us-east-1 is an empty LocationConstraint, as AWS sends it."""
-    root = ET.Element("LocationConstraint", xmlns=S3_NS)
-    if region and region != "us-east-1":
-        root.text = _xml_safe(region)
-    return _serialize(root)
-
-
-# -- helpers -----------------------------------------------------------------------------------
 
 
 def _parse(body: bytes) -> ET.Element | None:

@@ -24,7 +24,7 @@ from trios3.core import format as fmt
 from trios3.core.errors import S3Error
 from trios3.core.etag import client_etag
 from trios3.core.keys import Envelope
-from trios3.core.ranges import content_range, parse_range
+from trios3.core.ranges import content_range, parse_range, stored_window
 from trios3.core.s3xml import render_copy_object_result
 from trios3.exchange import Exchange
 from trios3.ops import headers as hdr
@@ -44,34 +44,6 @@ def stream_window(segment_size: int) -> int:
     (a segment and a network read), the pieces queued in its pipeline, the one being sent,
     and a 64 KiB network read on each side."""
     return (PIPELINE_DEPTH + 2) * segment_size + 2 * 64 * 1024
-
-
-_SIMPLE_RANGE = re.compile(r"^bytes=(\d*)-(\d*)$")
-
-
-def _stored_window(range_header: str | None, segment_size: int) -> str | None:
-    """The backend Range to ask for, guessing the object is ours with the default segments.
-
-    ``a-b`` maps to the segments that cover it; ``-n`` to enough trailing segments to cover n
-    plaintext bytes wherever the last segment boundary falls. Anything else fetches all.
-    """
-    if not range_header:
-        return None
-    match = _SIMPLE_RANGE.match(range_header.strip().replace(" ", ""))
-    if not match:
-        return None
-    first, last = match.groups()
-    unit = segment_size + fmt.TAG_SIZE
-    if first and last:
-        if int(first) > int(last):
-            return None
-        return f"bytes={int(first) // segment_size * unit}-{(int(last) // segment_size + 1) * unit - 1}"
-    if first:
-        return f"bytes={int(first) // segment_size * unit}-"
-    if last and int(last) > 0:
-        segments = -(-int(last) // segment_size) + 1
-        return f"bytes=-{segments * unit}"
-    return None
 
 
 _CONTENT_RANGE = re.compile(r"^bytes (\d+)-(\d+)/(\d+)$")
@@ -131,7 +103,7 @@ async def get_object(ex: Exchange) -> None:
     )
     _check_part_number(ex)
     client_range = ex.headers.get("range")
-    window = _stored_window(client_range, fmt.DEFAULT_SEGMENT_SIZE)
+    window = stored_window(client_range, fmt.DEFAULT_SEGMENT_SIZE)
     async with ex.services.budget.lease(stream_window(fmt.DEFAULT_SEGMENT_SIZE)):
         for _attempt in range(4):
             headers = hdr.conditions(ex.headers)
