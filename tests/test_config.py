@@ -176,3 +176,12 @@ def test_a_port_in_use_is_one_clear_line():
     assert result.returncode == 2
     assert "Address already in use" in result.stderr
     assert "Traceback" not in result.stderr
+
+
+def test_require_encrypted_is_a_flag_and_a_variable():
+    assert config_from(["--backend", "http://x:1"], BASE_ENV).require_encrypted is False
+    assert config_from(
+        ["--backend", "http://x:1", "--require-encrypted"], BASE_ENV
+    ).require_encrypted
+    env = {**BASE_ENV, "TRIOS3_REQUIRE_ENCRYPTED": "1"}
+    assert config_from(["--backend", "http://x:1"], env).require_encrypted is True

@@ -78,6 +78,7 @@ class ProxySettings:
     virtual_host_domain: str | None = None
     body_timeout: float = 60.0  # seconds a client may pause while sending a body
     max_requests: int = 256  # requests in flight at once; more get 503 SlowDown at once
+    require_encrypted: bool = False  # refuse objects without trios3 metadata
 
 
 @dataclass
@@ -121,7 +122,11 @@ class S3Proxy:
         if self._backend is None:
             raise RuntimeError("the backend client is opened by the ASGI lifespan")
         return Services(
-            self._backend, self.settings.keyring, self.budget, self.settings.backend.region
+            self._backend,
+            self.settings.keyring,
+            self.budget,
+            self.settings.backend.region,
+            self.settings.require_encrypted,
         )
 
     async def __call__(self, scope, receive, send) -> None:

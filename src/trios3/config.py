@@ -42,6 +42,7 @@ class Config:
     send_timeout: float = 120.0
     max_requests: int = 256
     backend_timeout: float = 300.0
+    require_encrypted: bool = False
     generated: tuple[str, ...] = ()  # what the embedded mode created on this run
 
 
@@ -69,6 +70,12 @@ def env_name(option: str) -> str:
     return "TRIOS3_" + option.upper().replace("-", "_")
 
 
+FLAGS = {
+    # flag: help (off unless given, or its variable is 1/true/yes)
+    "require-encrypted": "refuse objects the proxy did not encrypt instead of serving them",
+}
+
+
 def add_serve_options(parser: argparse.ArgumentParser, environ: Mapping[str, str]) -> None:
     for option, (default, help_text) in OPTIONS.items():
         variable = env_name(option)
@@ -76,6 +83,14 @@ def add_serve_options(parser: argparse.ArgumentParser, environ: Mapping[str, str
             f"--{option}",
             default=environ.get(variable, default),
             help=f"{help_text} [{variable}; default {default}]",
+        )
+    for option, help_text in FLAGS.items():
+        variable = env_name(option)
+        parser.add_argument(
+            f"--{option}",
+            action="store_true",
+            default=environ.get(variable, "").strip().lower() in ("1", "true", "yes", "on"),
+            help=f"{help_text} [{variable}=1]",
         )
 
 
@@ -244,5 +259,6 @@ def build_config(args: argparse.Namespace, environ: Mapping[str, str]) -> Config
         send_timeout=send_timeout,
         max_requests=int(max_requests),
         backend_timeout=backend_timeout,
+        require_encrypted=bool(args.require_encrypted),
         generated=generated,
     )

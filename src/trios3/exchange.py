@@ -30,6 +30,16 @@ class Services:
     keyring: Keyring
     budget: MemoryBudget
     region: str
+    require_encrypted: bool = False
+
+    def check_foreign(self) -> None:
+        """An object without trios3 metadata: served as it is, unless the operator has said
+        that every object must be the proxy's (then it may be plaintext planted at the
+        backend, and is refused)."""
+        if self.require_encrypted:
+            raise S3Error(
+                "AccessDenied", "The object was not encrypted by this proxy (--require-encrypted)."
+            )
 
 
 class Responder:

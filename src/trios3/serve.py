@@ -85,6 +85,7 @@ def proxy_settings(config: Config, backend: BackendSettings) -> ProxySettings:
         virtual_host_domain=config.virtual_host_domain,
         body_timeout=config.body_timeout,
         max_requests=config.max_requests,
+        require_encrypted=config.require_encrypted,
     )
 
 

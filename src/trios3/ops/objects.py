@@ -121,6 +121,7 @@ async def get_object(ex: Exchange) -> None:
                     raise _refusal(ex, response, await read_limited(response, SMALL_RESPONSE))
                 envelope = Envelope.from_metadata(response.headers)
                 if envelope is None:
+                    ex.services.check_foreign()
                     if window != client_range:
                         window = client_range
                         continue
@@ -240,6 +241,8 @@ async def head_object(ex: Exchange) -> None:
     if response.status_code != 200:
         raise _refusal(ex, response, b"")
     envelope = Envelope.from_metadata(response.headers)
+    if envelope is None:
+        ex.services.check_foreign()
     out = hdr.object_response_headers(response.headers, encrypted=envelope is not None)
     stored = int(response.headers.get("content-length", "0"))
     size = stored
@@ -374,6 +377,8 @@ async def copy_object(ex: Exchange) -> None:
             raise S3Error("PreconditionFailed")
         raise err
     envelope = Envelope.from_metadata(source.headers)
+    if envelope is None:
+        ex.services.check_foreign()
     if directive == "COPY":
         # Copying a foreign object onto itself changes its encryption: that is a migration.
         itself = (src_bucket, src_key) == (ex.bucket, ex.key) and envelope is not None
