@@ -112,13 +112,9 @@ def signed_headers(
     return out
 
 
-@asynccontextmanager
-async def asgi_call(
-    app, method: str, path: str, headers: Sequence[tuple[str, str]] = (), **sign
-) -> AsyncIterator[AsgiCall]:
-    """Run ``app`` for one request; leaving the block waits (bounded) for the app to return."""
-    all_headers = signed_headers(method, path, headers, **sign)
-    scope = {
+def http_scope(method: str, path: str, headers: Sequence[tuple[str, str]]) -> dict:
+    """The ASGI scope hypercorn would build for this request line and these headers."""
+    return {
         "type": "http",
         "asgi": {"version": "3.0", "spec_version": "2.3"},
         "http_version": "1.1",
@@ -128,10 +124,18 @@ async def asgi_call(
         "raw_path": path.encode("ascii"),
         "query_string": b"",
         "root_path": "",
-        "headers": [(n.encode("latin-1"), v.encode("latin-1")) for n, v in all_headers],
+        "headers": [(n.encode("latin-1"), v.encode("latin-1")) for n, v in headers],
         "client": ("127.0.0.1", 50000),
         "server": ("127.0.0.1", 80),
     }
+
+
+@asynccontextmanager
+async def asgi_call(
+    app, method: str, path: str, headers: Sequence[tuple[str, str]] = (), **sign
+) -> AsyncIterator[AsgiCall]:
+    """Run ``app`` for one request; leaving the block waits (bounded) for the app to return."""
+    scope = http_scope(method, path, signed_headers(method, path, headers, **sign))
     call = AsgiCall()
 
     async def run_app() -> None:

@@ -27,7 +27,6 @@ from contextlib import AsyncExitStack, asynccontextmanager
 from dataclasses import dataclass
 from functools import partial
 from types import SimpleNamespace
-from urllib.parse import unquote
 
 import pytest
 import trio
@@ -42,6 +41,7 @@ from test_cancellation import (
     AsgiCall,
     Observed,
     busy_connections,
+    http_scope,
     signed_headers,
 )
 
@@ -95,29 +95,12 @@ class Call(AsgiCall):
                 finished = not frame.get("more_body", False)
 
 
-def _scope(method: str, path: str, headers: Sequence[tuple[str, str]]) -> dict:
-    return {
-        "type": "http",
-        "asgi": {"version": "3.0", "spec_version": "2.3"},
-        "http_version": "1.1",
-        "method": method,
-        "scheme": "http",
-        "path": unquote(path),
-        "raw_path": path.encode("ascii"),
-        "query_string": b"",
-        "root_path": "",
-        "headers": [(n.encode("latin-1"), v.encode("latin-1")) for n, v in headers],
-        "client": ("127.0.0.1", 50000),
-        "server": ("127.0.0.1", 80),
-    }
-
-
 @asynccontextmanager
 async def open_call(
     app, method: str, path: str, headers: Sequence[tuple[str, str]] = (), **sign
 ) -> AsyncIterator[Call]:
     """Run ``app`` for one request; leaving the block waits (bounded) for it to return."""
-    scope = _scope(method, path, signed_headers(method, path, headers, **sign))
+    scope = http_scope(method, path, signed_headers(method, path, headers, **sign))
     call = Call()
 
     async def app_call() -> None:
