@@ -125,7 +125,6 @@ class S3Proxy:
             self._backend,
             self.settings.keyring,
             self.budget,
-            self.settings.backend.region,
             self.settings.require_encrypted,
         )
 
@@ -241,10 +240,14 @@ class S3Proxy:
         auth = sigv4.parse_auth(scope["method"], raw_path, query_string, pairs)
         if auth is None:
             raise S3Error("AccessDenied", "Anonymous requests are not accepted.")
+        # x-amz-content-sha256 may go unsigned: its value is part of the canonical request.
         unsigned = sorted(
-            n for n in headers if n.startswith("x-amz-") and n not in auth.signed_headers
+            n
+            for n in headers
+            if n.startswith("x-amz-")
+            and n not in auth.signed_headers
+            and n != "x-amz-content-sha256"
         )
-        unsigned = [n for n in unsigned if n != "x-amz-content-sha256"]  # in the canonical form
         if unsigned:
             # As AWS: a header that changes what the request does must be signed, or a
             # presigned PUT could be turned into a copy of any object, say.

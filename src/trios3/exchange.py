@@ -29,7 +29,6 @@ class Services:
     backend: Backend
     keyring: Keyring
     budget: MemoryBudget
-    region: str
     require_encrypted: bool = False
 
     def check_foreign(self) -> None:

@@ -13,6 +13,7 @@ import pytest
 from trios3.core.errors import S3Error
 from trios3.core.s3xml import (
     S3_NS,
+    parse_copy_object_result,
     parse_delete_objects,
     parse_error,
     render_copy_object_result,
@@ -365,3 +366,15 @@ def test_render_copy_object_result_is_what_botocore_reads(s3_model):
     parsed = boto_parse(s3_model, "CopyObject", body)
     assert parsed["CopyObjectResult"]["ETag"] == '"abc"'
     assert parsed["CopyObjectResult"]["LastModified"].year == 2024
+
+
+def test_parse_copy_object_result_reads_what_render_writes():
+    body = render_copy_object_result('"abc"', "2024-05-01T10:00:00.000Z")
+    assert parse_copy_object_result(body) == ('"abc"', "2024-05-01T10:00:00.000Z")
+
+
+@pytest.mark.parametrize("body", [b"", b"junk", b"<Error><Code>X</Code></Error>"])
+def test_an_unreadable_copy_result_is_internal_error(body):
+    with pytest.raises(S3Error) as info:
+        parse_copy_object_result(body)
+    assert info.value.code == "InternalError"

@@ -9,6 +9,15 @@ import trio.testing
 from trios3.pipeline import prefetched
 
 
+async def endless(finished: trio.Event):
+    """Pieces for ever; sets ``finished`` when it is closed."""
+    try:
+        while True:
+            yield b"x"
+    finally:
+        finished.set()
+
+
 async def test_pieces_arrive_in_order_and_the_producer_stays_depth_ahead():
     produced = []
 
@@ -42,16 +51,10 @@ async def test_a_producer_error_reaches_the_reader_as_itself_after_earlier_piece
 
 async def test_a_reader_error_is_raised_as_itself_and_stops_the_producer():
     finished = trio.Event()
-
-    async def source():
-        try:
-            while True:
-                yield b"x"
-        finally:
-            finished.set()
+    source = endless(finished)
 
     with pytest.raises(KeyError):
-        async with prefetched(source(), 1) as pieces:
+        async with prefetched(source, 1) as pieces:
             await anext(pieces)
             raise KeyError("reader")
     assert finished.is_set()
@@ -59,16 +62,10 @@ async def test_a_reader_error_is_raised_as_itself_and_stops_the_producer():
 
 async def test_cancelling_the_reader_ends_the_producer():
     finished = trio.Event()
-
-    async def source():
-        try:
-            while True:
-                yield b"x"
-        finally:
-            finished.set()
+    source = endless(finished)
 
     with trio.CancelScope() as scope:
-        async with prefetched(source(), 1) as pieces:
+        async with prefetched(source, 1) as pieces:
             await anext(pieces)
             scope.cancel()
             await trio.sleep_forever()

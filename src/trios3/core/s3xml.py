@@ -153,6 +153,14 @@ def render_copy_object_result(etag: str, last_modified: str) -> bytes:
     return _serialize(root)
 
 
+def parse_copy_object_result(body: bytes) -> tuple[str, str]:
+    """``(etag, last_modified)`` from the backend's ``<CopyObjectResult>``."""
+    root = _parse(body)
+    if root is None or _local(root) != "CopyObjectResult":
+        raise S3Error("InternalError", "The backend sent an unreadable copy result.")
+    return _text(root, "ETag") or "", _text(root, "LastModified") or ""
+
+
 def _parse(body: bytes) -> ET.Element | None:
     """The root element of a safe, well-formed document in the S3 namespace or none."""
     try:

@@ -25,7 +25,8 @@ from trios3.core.errors import S3Error
 from trios3.core.etag import client_etag
 from trios3.core.keys import Envelope
 from trios3.core.ranges import content_range, parse_range, stored_window
-from trios3.core.s3xml import render_copy_object_result
+from trios3.core.s3xml import parse_copy_object_result, render_copy_object_result
+from trios3.core.sigv4 import uri_encode
 from trios3.exchange import Exchange
 from trios3.ops import headers as hdr
 from trios3.pipeline import prefetched
@@ -411,9 +412,9 @@ async def copy_object(ex: Exchange) -> None:
         return
     rewrapped = ex.services.keyring.rewrap(envelope, src_bucket, src_key, ex.bucket, ex.key)
     headers = described + meta + list(rewrapped.to_metadata().items())
-    copy_source = "/" + hdr_quote(src_bucket) + "/" + hdr_quote(src_key)
+    copy_source = "/" + uri_encode(src_bucket) + "/" + uri_encode(src_key, encode_slash=False)
     if version:
-        copy_source += "?versionId=" + hdr_quote(version)
+        copy_source += "?versionId=" + uri_encode(version)
     headers += [
         ("x-amz-copy-source", copy_source),
         ("x-amz-metadata-directive", "REPLACE"),
@@ -427,7 +428,7 @@ async def copy_object(ex: Exchange) -> None:
     )
     if response.status_code != 200:
         raise backend_error(response, data)
-    etag, last_modified = _copy_result(data)
+    etag, last_modified = parse_copy_object_result(data)
     out = [(n, response.headers[n]) for n in ("x-amz-version-id",) if n in response.headers]
     if version:
         out.append(("x-amz-copy-source-version-id", version))
@@ -493,26 +494,3 @@ def _changes_something(ex: Exchange) -> bool:
             "x-amz-tagging",
         )
     )
-
-
-def _copy_result(data: bytes) -> tuple[str, str]:
-    from defusedxml import ElementTree
-
-    try:
-        root = ElementTree.fromstring(data)
-    except Exception as exc:
-        raise S3Error("InternalError", "The backend sent an unreadable copy result.") from exc
-    etag = last_modified = ""
-    for child in root:
-        tag = child.tag.rsplit("}", 1)[-1]
-        if tag == "ETag":
-            etag = child.text or ""
-        elif tag == "LastModified":
-            last_modified = child.text or ""
-    return etag, last_modified
-
-
-def hdr_quote(value: str) -> str:
-    from trios3.core.sigv4 import uri_encode
-
-    return uri_encode(value, encode_slash=False)
