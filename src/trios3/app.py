@@ -29,7 +29,7 @@ from trios3.core.errors import S3Error, TamperedError
 from trios3.core.keys import Keyring
 from trios3.core.routing import resolve_target
 from trios3.exchange import Exchange, Responder, Services
-from trios3.ops import buckets, objects
+from trios3.ops import buckets, multipart, objects
 
 log = logging.getLogger("trios3")
 
@@ -54,15 +54,13 @@ OPERATIONS: dict[str, Operation] = {
     "ObjectTagging": buckets.passthrough,
     "ObjectAcl": buckets.passthrough,
     "ObjectLock": buckets.passthrough,
-}
-MULTIPART = {
-    "CreateMultipartUpload",
-    "UploadPart",
-    "CompleteMultipartUpload",
-    "AbortMultipartUpload",
-    "ListParts",
-    "ListMultipartUploads",
-    "UploadPartCopy",
+    "CreateMultipartUpload": multipart.create_upload,
+    "UploadPart": multipart.upload_part,
+    "UploadPartCopy": multipart.upload_part_copy,
+    "CompleteMultipartUpload": multipart.complete_upload,
+    "AbortMultipartUpload": multipart.abort_upload,
+    "ListParts": multipart.list_parts,
+    "ListMultipartUploads": multipart.list_uploads,
 }
 
 
@@ -105,6 +103,10 @@ def _admin_app() -> QuartTrio:
 
 
 ADMIN_PATHS = {"/healthz"}
+# An early error reads up to this much of the request's body first, so the connection can end
+# cleanly and the client gets to read the error (trios3.body.ClientChannel.discard).
+DISCARD_LIMIT = 1024 * 1024
+DISCARD_TIMEOUT = 5.0
 
 
 class S3Proxy:
@@ -175,6 +177,9 @@ class S3Proxy:
                 except Exception as exc:
                     error = self._failure(exc, request_id, operation, respond.started)
                     if error is not None and not respond.started:
+                        if error.code != "RequestTimeout":
+                            with trio.move_on_after(DISCARD_TIMEOUT):
+                                await channel.discard(DISCARD_LIMIT)
                         await respond.error(error, resource)
                 finally:
                     nursery.cancel_scope.cancel()
@@ -274,10 +279,6 @@ class S3Proxy:
         )
 
     async def _dispatch(self, name: str, exchange: Exchange) -> None:
-        if name in MULTIPART:
-            raise S3Error(
-                "NotImplemented", "Multipart uploads are not supported by this proxy yet."
-            )
         operation = OPERATIONS.get(name)
         if operation is None:
             raise S3Error("NotImplemented", f"{name} is not supported by this proxy.")

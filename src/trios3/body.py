@@ -78,6 +78,21 @@ class ClientChannel:
         """
         self._recv.close()
 
+    async def discard(self, limit: int) -> None:
+        """Read and drop what is left of a small body before an early error response.
+
+        A response that ends while request bytes sit unread makes hypercorn close the
+        connection, and the kernel then resets it: the client may lose the error response
+        it was about to read (over TLS it sees an EOF). Past ``limit`` bytes the rest is left
+        to that close; the caller bounds the time.
+        """
+        left = limit
+        while left > 0:
+            try:
+                left -= len(await self._recv.receive())
+            except (trio.EndOfChannel, trio.ClosedResourceError):
+                return
+
     async def chunks(self) -> AsyncIterator[bytes]:
         """The raw body bytes as they arrive; ends at the end of the body.
 

@@ -118,7 +118,7 @@ def test_incomplete_metadata_is_tampered(key_a: MasterKey, missing: str) -> None
 @pytest.mark.parametrize(
     ("name", "value"),
     [
-        (META_VERSION, "2"),
+        (META_VERSION, "3"),
         (META_VERSION, "0"),
         (META_VERSION, "01"),
         (META_VERSION, "v1"),

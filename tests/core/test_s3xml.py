@@ -251,7 +251,7 @@ LIST_VERSIONS = f"""<?xml version="1.0" encoding="UTF-8"?>
 <ListVersionsResult xmlns="{S3_NS}"><Name>bkt</Name><Prefix></Prefix><KeyMarker></KeyMarker><VersionIdMarker></VersionIdMarker><NextKeyMarker>k2</NextKeyMarker><NextVersionIdMarker>v3</NextVersionIdMarker><MaxKeys>3</MaxKeys><IsTruncated>true</IsTruncated><Version><Key>k1</Key><VersionId>v1</VersionId><IsLatest>true</IsLatest><LastModified>2024-01-01T00:00:00.000Z</LastModified><ETag>"aaaa"</ETag><ChecksumAlgorithm>CRC32</ChecksumAlgorithm><ChecksumType>FULL_OBJECT</ChecksumType><Size>100</Size><StorageClass>STANDARD</StorageClass><Owner><ID>o</ID></Owner></Version><DeleteMarker><Key>k2</Key><VersionId>v2</VersionId><IsLatest>true</IsLatest><LastModified>2024-01-02T00:00:00.000Z</LastModified><Owner><ID>o</ID></Owner></DeleteMarker><Version><Key>k2</Key><VersionId>v3</VersionId><IsLatest>false</IsLatest><LastModified>2023-12-31T00:00:00.000Z</LastModified><ETag>"bbbb-2"</ETag><Size>200</Size><StorageClass>STANDARD</StorageClass></Version></ListVersionsResult>""".encode()
 
 
-def size_of(stored: int) -> int:
+def size_of(stored: int, etag: str = "") -> int:
     return max(0, stored - 52)
 
 
@@ -330,7 +330,7 @@ def test_rewrite_listing_without_a_namespace_stays_without_one(s3_model):
 
 def test_rewrite_listing_passes_the_etag_text_and_stored_size():
     calls = []
-    rewrite_listing(LIST_VERSIONS, lambda n: n, lambda e, n: calls.append((e, n)) or e)
+    rewrite_listing(LIST_VERSIONS, lambda n, e: n, lambda e, n: calls.append((e, n)) or e)
     assert calls == [('"aaaa"', 100), ('"bbbb-2"', 200)]
 
 
@@ -373,8 +373,15 @@ def test_parse_copy_object_result_reads_what_render_writes():
     assert parse_copy_object_result(body) == ('"abc"', "2024-05-01T10:00:00.000Z")
 
 
-@pytest.mark.parametrize("body", [b"", b"junk", b"<Error><Code>X</Code></Error>"])
+@pytest.mark.parametrize("body", [b"", b"junk", b"<Other><ETag>x</ETag></Other>"])
 def test_an_unreadable_copy_result_is_internal_error(body):
     with pytest.raises(S3Error) as info:
         parse_copy_object_result(body)
     assert info.value.code == "InternalError"
+
+
+def test_an_error_sent_with_200_is_raised_as_itself():
+    body = b"<Error><Code>SlowDown</Code><Message>busy</Message></Error>"
+    with pytest.raises(S3Error) as info:
+        parse_copy_object_result(body)
+    assert (info.value.code, info.value.status, info.value.message) == ("SlowDown", 503, "busy")

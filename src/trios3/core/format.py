@@ -121,8 +121,8 @@ def _nonce(index: int) -> bytes:
     return index.to_bytes(12, "big")
 
 
-def _aad(index: int, final: bool) -> bytes:
-    return _SEGMENT_AAD_PREFIX + index.to_bytes(8, "big") + (_FINAL if final else _NOT_FINAL)
+def _aad(prefix: bytes, index: int, final: bool) -> bytes:
+    return prefix + index.to_bytes(8, "big") + (_FINAL if final else _NOT_FINAL)
 
 
 class _Pieces:
@@ -199,15 +199,21 @@ class _Pieces:
 class SegmentSealer:
     """Encrypts a plaintext stream into sealed segments; holds at most ~one segment of plaintext.
 
+    ``aad_prefix`` is what precedes ``index || final`` in the associated data: v1's label for
+    single objects, or a multipart part's label and number (trios3.core.multipart).
+
     A full segment is held back until more bytes arrive, because only then is it known not to
     be the final one; :meth:`finish` seals whatever is left with the final flag. Input that
     already lines up with segments is sealed without being copied.
     """
 
-    def __init__(self, data_key: bytes, segment_size: int) -> None:
+    def __init__(
+        self, data_key: bytes, segment_size: int, aad_prefix: bytes = _SEGMENT_AAD_PREFIX
+    ) -> None:
         _check_data_key(data_key)
         _check_segment_size(segment_size)
         self._aead = AESGCM(data_key)
+        self._aad_prefix = aad_prefix
         self._segment_size = segment_size
         self._pending = _Pieces()
         self._index = 0
@@ -221,7 +227,7 @@ class SegmentSealer:
     def _seal(self, plaintext: bytes | memoryview, final: bool) -> bytes:
         index = self._index
         self._index += 1
-        return self._aead.encrypt(_nonce(index), plaintext, _aad(index, final))
+        return self._aead.encrypt(_nonce(index), plaintext, _aad(self._aad_prefix, index, final))
 
     def feed(self, data: bytes | bytearray | memoryview) -> list[bytes]:
         """Sealed segments known NOT to be final (there is data after them)."""
@@ -260,6 +266,7 @@ class SegmentOpener:
         plaintext_size: int,
         first_segment: int = 0,
         last_segment: int | None = None,
+        aad_prefix: bytes = _SEGMENT_AAD_PREFIX,
     ) -> None:
         _check_data_key(data_key)
         _check_segment_size(segment_size)
@@ -271,6 +278,7 @@ class SegmentOpener:
                 f"segments {first_segment}..{last_segment} are outside an object of {count}"
             )
         self._aead = AESGCM(data_key)
+        self._aad_prefix = aad_prefix
         self._segment_size = segment_size
         self._final_index = count - 1
         self._final_stored = plaintext_size - (count - 1) * segment_size + TAG_SIZE
@@ -303,9 +311,8 @@ class SegmentOpener:
                 break
             final = index == self._final_index
             try:
-                out.append(
-                    self._aead.decrypt(_nonce(index), pending.take(need), _aad(index, final))
-                )
+                aad = _aad(self._aad_prefix, index, final)
+                out.append(self._aead.decrypt(_nonce(index), pending.take(need), aad))
             except InvalidTag:
                 raise self._fail(f"segment {index} failed authentication") from None
             self._index += 1

@@ -45,10 +45,20 @@ _WRAP_AAD_PREFIX = b"trios3 v1 wrap\x00"
 _HEX = frozenset("0123456789abcdef")
 
 
-def wrap_context(version: int, key_id: str, segment_size: int, bucket: str, key: str) -> bytes:
-    """The AAD of a wrapped data key: length-prefixed fields, so no two tuples encode alike."""
+# Version 2 adds multipart objects (trios3.core.multipart); single PUTs are still written as v1.
+READABLE_VERSIONS = frozenset({FORMAT_VERSION, 2})
+
+
+def wrap_context(
+    version: int, key_id: str, segment_size: int, bucket: str, key: str, *extra: str
+) -> bytes:
+    """The AAD of a wrapped data key: length-prefixed fields, so no two tuples encode alike.
+
+    ``extra`` fields extend the binding: a multipart upload id binds the copy of the data key
+    that travels in the UploadId to that one upload.
+    """
     out = bytearray(_WRAP_AAD_PREFIX)
-    for field in (str(version), key_id, str(segment_size), bucket, key):
+    for field in (str(version), key_id, str(segment_size), bucket, key, *extra):
         raw = field.encode("utf-8")
         out += len(raw).to_bytes(4, "big")
         out += raw
@@ -149,7 +159,7 @@ class Envelope:
                 raise TamperedError(f"encryption metadata is missing {name}")
             values[name] = value.strip()
         version = _parse_decimal(values[META_VERSION], META_VERSION)
-        if version != FORMAT_VERSION:
+        if version not in READABLE_VERSIONS:
             raise TamperedError(f"unknown trios3 format version {values[META_VERSION]!r}")
         key_id = values[META_KEY_ID]
         if len(key_id) != 16 or not set(key_id) <= _HEX:
@@ -199,27 +209,35 @@ class Keyring:
     def primary(self) -> WrappingKey:
         return self._primary
 
-    def _wrap(self, data_key: bytes, segment_size: int, bucket: str, key: str) -> Envelope:
+    def _wrap(
+        self, data_key: bytes, version: int, segment_size: int, bucket: str, key: str, *extra: str
+    ) -> Envelope:
         if not is_valid_segment_size(segment_size):
             raise ValueError(f"unsupported segment size {segment_size}")
+        if version not in READABLE_VERSIONS:
+            raise ValueError(f"unknown format version {version}")
         master = self._primary
-        context = wrap_context(FORMAT_VERSION, master.key_id, segment_size, bucket, key)
-        return Envelope(FORMAT_VERSION, master.key_id, segment_size, master.wrap(data_key, context))
+        context = wrap_context(version, master.key_id, segment_size, bucket, key, *extra)
+        return Envelope(version, master.key_id, segment_size, master.wrap(data_key, context))
 
     def seal_new(
-        self, bucket: str, key: str, segment_size: int = DEFAULT_SEGMENT_SIZE
+        self,
+        bucket: str,
+        key: str,
+        segment_size: int = DEFAULT_SEGMENT_SIZE,
+        version: int = FORMAT_VERSION,
     ) -> tuple[bytes, Envelope]:
         """A fresh data key for one upload attempt, and its envelope under the primary key."""
         data_key = os.urandom(DATA_KEY_SIZE)
-        return data_key, self._wrap(data_key, segment_size, bucket, key)
+        return data_key, self._wrap(data_key, version, segment_size, bucket, key)
 
-    def open(self, envelope: Envelope, bucket: str, key: str) -> bytes:
+    def open(self, envelope: Envelope, bucket: str, key: str, *extra: str) -> bytes:
         """The object's data key; TamperedError if the key id is unknown or unwrap fails."""
         master = self._keys.get(envelope.key_id)
         if master is None:
             raise TamperedError(f"object is sealed under unknown master key {envelope.key_id}")
         context = wrap_context(
-            envelope.version, envelope.key_id, envelope.segment_size, bucket, key
+            envelope.version, envelope.key_id, envelope.segment_size, bucket, key, *extra
         )
         data_key = master.unwrap(envelope.wrapped_key, context)
         if len(data_key) != DATA_KEY_SIZE:
@@ -231,4 +249,11 @@ class Keyring:
     ) -> Envelope:
         """The same data key bound to the destination under the primary key (copy, rotation)."""
         data_key = self.open(envelope, src_bucket, src_key)
-        return self._wrap(data_key, envelope.segment_size, dst_bucket, dst_key)
+        return self._wrap(data_key, envelope.version, envelope.segment_size, dst_bucket, dst_key)
+
+    def bind_to_upload(
+        self, data_key: bytes, envelope: Envelope, bucket: str, key: str, upload_id: str
+    ) -> Envelope:
+        """A second wrap of a multipart upload's data key, bound to its backend upload id too:
+        the copy that travels in the client's UploadId (trios3.core.multipart.UploadToken)."""
+        return self._wrap(data_key, envelope.version, envelope.segment_size, bucket, key, upload_id)

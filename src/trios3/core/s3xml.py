@@ -107,14 +107,14 @@ def _delete_entry(element: ET.Element) -> tuple[str, str | None]:
 
 def rewrite_listing(
     body: bytes,
-    size_of: Callable[[int], int],
+    size_of: Callable[[int, str], int],
     etag_of: Callable[[str, int], str],
 ) -> bytes:
     """A backend listing with each entry's Size and ETag mapped to the plaintext's.
 
     Handles ListBucketResult (v1 and v2; entries are ``<Contents>``) and ListVersionsResult
     (entries are ``<Version>``; delete markers carry neither and are left alone). In each entry
-    ``<Size>`` becomes ``size_of(stored_size)``, ``<ETag>`` becomes
+    ``<Size>`` becomes ``size_of(stored_size, etag_text)``, ``<ETag>`` becomes
     ``etag_of(etag_text, stored_size)`` (the text as sent, quotes included), and the checksum
     elements, which describe the ciphertext, are removed. Everything else is kept in order,
     in the document's default namespace. A body that is not such a listing, or an entry
@@ -131,10 +131,11 @@ def rewrite_listing(
         stored_size = _integer(size_element)
         if size_element is None or stored_size is None:
             raise S3Error("InternalError", "The backend listing has an entry without a Size.")
-        size_element.text = str(size_of(stored_size))
         etag_element = _find(entry, "ETag")
+        etag = "" if etag_element is None else (etag_element.text or "")
+        size_element.text = str(size_of(stored_size, etag))
         if etag_element is not None:
-            etag_element.text = etag_of(etag_element.text or "", stored_size)
+            etag_element.text = etag_of(etag, stored_size)
         for child in list(entry):
             if _local(child) in _CIPHERTEXT_CHECKSUM_TAGS:
                 entry.remove(child)
@@ -154,11 +155,174 @@ def render_copy_object_result(etag: str, last_modified: str) -> bytes:
 
 
 def parse_copy_object_result(body: bytes) -> tuple[str, str]:
-    """``(etag, last_modified)`` from the backend's ``<CopyObjectResult>``."""
+    """``(etag, last_modified)`` from the backend's ``<CopyObjectResult>`` or
+    ``<CopyPartResult>``; an ``<Error>`` sent with a 200 is raised as the error it names."""
     root = _parse(body)
-    if root is None or _local(root) != "CopyObjectResult":
+    if root is not None and _local(root) == "Error":
+        raise S3Error(_text(root, "Code") or "InternalError", _text(root, "Message") or None)
+    if root is None or _local(root) not in ("CopyObjectResult", "CopyPartResult"):
         raise S3Error("InternalError", "The backend sent an unreadable copy result.")
     return _text(root, "ETag") or "", _text(root, "LastModified") or ""
+
+
+# -- multipart ----------------------------------------------------------------------------------
+
+MAX_COMPLETE_PARTS = 10_000
+
+
+def render_initiate_result(bucket: str, key: str, upload_id: str) -> bytes:
+    root = ET.Element("InitiateMultipartUploadResult", xmlns=S3_NS)
+    _child(root, "Bucket", bucket)
+    _child(root, "Key", key)
+    _child(root, "UploadId", upload_id)
+    return _serialize(root)
+
+
+def parse_initiate_result(body: bytes) -> str:
+    """The backend's UploadId from ``<InitiateMultipartUploadResult>``."""
+    root = _parse(body)
+    upload_id = _text(root, "UploadId") if root is not None else None
+    if root is None or _local(root) != "InitiateMultipartUploadResult" or not upload_id:
+        raise S3Error("InternalError", "The backend sent an unreadable upload result.")
+    return upload_id
+
+
+def parse_complete_request(body: bytes) -> list[tuple[int, str, dict[str, str]]]:
+    """A client's ``<CompleteMultipartUpload>``: (part number, ETag, checksums) in the order
+    given; MalformedXML for anything else (order and existence are checked later, as S3 does)."""
+    root = _parse(body)
+    if root is None or _local(root) != "CompleteMultipartUpload":
+        raise S3Error("MalformedXML")
+    parts = []
+    for element in root:
+        if _local(element) == "":
+            continue
+        if _local(element) != "Part" or len(parts) >= MAX_COMPLETE_PARTS:
+            raise S3Error("MalformedXML")
+        number = _integer(_find(element, "PartNumber"))
+        etag = _text(element, "ETag")
+        if number is None or etag is None:
+            raise S3Error("MalformedXML")
+        checksums = {
+            _local(c): (c.text or "").strip() for c in element if _local(c).startswith("Checksum")
+        }
+        parts.append((number, etag.strip(), checksums))
+    return parts
+
+
+def render_complete_request(parts: list[tuple[int, str]]) -> bytes:
+    """``<CompleteMultipartUpload>`` for the backend: (part number, ETag as the backend sent
+    it)."""
+    root = ET.Element("CompleteMultipartUpload", xmlns=S3_NS)
+    for number, etag in parts:
+        part = ET.SubElement(root, "Part")
+        _child(part, "PartNumber", str(number))
+        _child(part, "ETag", etag)
+    return _serialize(root)
+
+
+def render_complete_result(
+    location: str, bucket: str, key: str, etag: str, checksums: dict[str, str]
+) -> bytes:
+    root = ET.Element("CompleteMultipartUploadResult", xmlns=S3_NS)
+    _child(root, "Location", location)
+    _child(root, "Bucket", bucket)
+    _child(root, "Key", key)
+    _child(root, "ETag", etag)
+    for name, value in checksums.items():
+        _child(root, name, value)
+    return _serialize(root)
+
+
+def parse_complete_result(body: bytes) -> str:
+    """The ETag from the backend's ``<CompleteMultipartUploadResult>``. S3 may answer a
+    Complete with 200 and an ``<Error>`` document; that is raised as the error it names."""
+    root = _parse(body)
+    if root is not None and _local(root) == "Error":
+        code = _text(root, "Code") or "InternalError"
+        raise S3Error(code, _text(root, "Message") or None)
+    etag = _text(root, "ETag") if root is not None else None
+    if root is None or _local(root) != "CompleteMultipartUploadResult" or etag is None:
+        raise S3Error("InternalError", "The backend sent an unreadable completion result.")
+    return etag
+
+
+def parse_list_parts(body: bytes) -> tuple[list[tuple[int, str, int]], str | None]:
+    """The backend's ``<ListPartsResult>``: (part number, ETag, stored size) per part, and
+    the next part-number marker when the list is truncated."""
+    root = _parse(body)
+    if root is None or _local(root) != "ListPartsResult":
+        raise S3Error("InternalError", "The backend sent an unreadable part list.")
+    parts = []
+    for element in root:
+        if _local(element) != "Part":
+            continue
+        number = _integer(_find(element, "PartNumber"))
+        size = _integer(_find(element, "Size"))
+        if number is None or size is None:
+            raise S3Error("InternalError", "The backend part list has a malformed part.")
+        parts.append((number, _text(element, "ETag") or "", size))
+    truncated = (_text(root, "IsTruncated") or "").strip().lower() == "true"
+    marker = _text(root, "NextPartNumberMarker") if truncated else None
+    return parts, (marker or None)
+
+
+def rewrite_list_parts(
+    body: bytes,
+    upload_id: str,
+    size_of: Callable[[int], int],
+    etag_of: Callable[[str], str],
+) -> bytes:
+    """The backend's ``<ListPartsResult>`` in the client's terms: its UploadId, each part's
+    plaintext Size and client ETag; checksums of the ciphertext are dropped."""
+    root = _parse(body)
+    if root is None or _local(root) != "ListPartsResult":
+        raise S3Error("InternalError", "The backend sent an unreadable part list.")
+    element = _find(root, "UploadId")
+    if element is not None:
+        element.text = _xml_safe(upload_id)
+    for part in root:
+        if _local(part) != "Part":
+            continue
+        size = _find(part, "Size")
+        stored = _integer(size)
+        if size is None or stored is None:
+            raise S3Error("InternalError", "The backend part list has a malformed part.")
+        size.text = str(size_of(stored))
+        etag = _find(part, "ETag")
+        if etag is not None:
+            etag.text = etag_of(etag.text or "")
+        for child in list(part):
+            if _local(child).startswith("Checksum"):
+                part.remove(child)
+    for child in list(root):
+        if _local(child) in _CIPHERTEXT_CHECKSUM_TAGS:
+            root.remove(child)
+    return _serialize(root, default_namespace=_namespace(root) or None)
+
+
+def rewrite_list_uploads(body: bytes, upload_id_of: Callable[[str], str]) -> bytes:
+    """The backend's ``<ListMultipartUploadsResult>`` with every upload id in the client's
+    form (entries, and the marker elements that carry one)."""
+    root = _parse(body)
+    if root is None or _local(root) != "ListMultipartUploadsResult":
+        raise S3Error("InternalError", "The backend sent an unreadable upload list.")
+    for element in root:
+        name = _local(element)
+        if name in ("UploadIdMarker", "NextUploadIdMarker") and element.text:
+            element.text = upload_id_of(element.text)
+        elif name == "Upload":
+            upload = _find(element, "UploadId")
+            if upload is not None and upload.text:
+                upload.text = upload_id_of(upload.text)
+    return _serialize(root, default_namespace=_namespace(root) or None)
+
+
+def render_copy_part_result(etag: str, last_modified: str) -> bytes:
+    root = ET.Element("CopyPartResult", xmlns=S3_NS)
+    _child(root, "ETag", etag)
+    _child(root, "LastModified", last_modified)
+    return _serialize(root)
 
 
 def _parse(body: bytes) -> ET.Element | None:

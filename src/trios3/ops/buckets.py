@@ -11,11 +11,13 @@ import hashlib
 
 from trios3.backend import backend_error, read_limited
 from trios3.core import format as fmt
+from trios3.core import multipart as mp
 from trios3.core import sigv4
 from trios3.core.etag import client_etag
 from trios3.core.s3xml import parse_delete_objects, rewrite_listing
 from trios3.exchange import Exchange
 from trios3.ops.headers import HOP_HEADERS
+from trios3.ops.reads import part_count
 
 MAX_SMALL_BODY = 1024 * 1024  # bucket configurations, tagging, ACLs, DeleteObjects
 MAX_LISTING = 4 * 1024 * 1024  # a listing page: at most 1000 entries
@@ -86,8 +88,14 @@ async def passthrough(ex: Exchange) -> None:
     await ex.respond.whole(response.status_code, out, data)
 
 
-def _plaintext_size(stored: int) -> int:
-    size = fmt.plaintext_size(stored, fmt.DEFAULT_SEGMENT_SIZE)
+def _plaintext_size(stored: int, etag: str) -> int:
+    """From the entry alone: a ``-N`` ETag is a multipart object (format v2, exact when its
+    parts are whole segments, docs/FORMAT.md), any other a single PUT (v1) or foreign."""
+    count = part_count(etag)
+    if count is not None:
+        size = mp.listing_plaintext_size(stored, count, fmt.DEFAULT_SEGMENT_SIZE)
+    else:
+        size = fmt.plaintext_size(stored, fmt.DEFAULT_SEGMENT_SIZE)
     return stored if size is None else size
 
 

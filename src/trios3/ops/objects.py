@@ -11,24 +11,33 @@ from __future__ import annotations
 
 import logging
 import re
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Callable
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from email.utils import parsedate_to_datetime
 from urllib.parse import unquote
 
 import httpx
+import trio
 
-from trios3.backend import backend_error, read_limited
+from trios3.backend import Backend, backend_error, read_limited
 from trios3.core import format as fmt
+from trios3.core import multipart as mp
 from trios3.core.errors import S3Error
 from trios3.core.etag import client_etag
 from trios3.core.keys import Envelope
 from trios3.core.ranges import content_range, parse_range, stored_window
-from trios3.core.s3xml import parse_copy_object_result, render_copy_object_result
+from trios3.core.s3xml import (
+    parse_complete_result,
+    parse_copy_object_result,
+    parse_initiate_result,
+    render_complete_request,
+    render_copy_object_result,
+)
 from trios3.core.sigv4 import uri_encode
-from trios3.exchange import Exchange
+from trios3.exchange import Exchange, Services
 from trios3.ops import headers as hdr
+from trios3.ops import reads
 from trios3.pipeline import prefetched
 
 log = logging.getLogger("trios3")
@@ -102,7 +111,6 @@ async def get_object(ex: Exchange) -> None:
         "response-content-type",
         "response-expires",
     )
-    _check_part_number(ex)
     client_range = ex.headers.get("range")
     window = stored_window(client_range, fmt.DEFAULT_SEGMENT_SIZE)
     async with ex.services.budget.lease(stream_window(fmt.DEFAULT_SEGMENT_SIZE)):
@@ -123,12 +131,16 @@ async def get_object(ex: Exchange) -> None:
                 envelope = Envelope.from_metadata(response.headers)
                 if envelope is None:
                     ex.services.check_foreign()
+                    _check_part_number(ex)
                     if window != client_range:
                         window = client_range
                         continue
                     await _send_foreign(ex, response)
                     return
                 fetched = Fetched.of(response)
+                if envelope.version == mp.VERSION:
+                    break
+                _check_part_number(ex)
                 size = fmt.plaintext_size(fetched.total, envelope.segment_size)
                 if size is None:
                     raise S3Error("InternalError", "The stored object has an impossible size.")
@@ -149,7 +161,53 @@ async def get_object(ex: Exchange) -> None:
                 async with prefetched(plaintext, PIPELINE_DEPTH) as pieces:
                     await _send_stream(ex, status, out, pieces)
                 return
-        raise S3Error("InternalError", "The object changed while it was being read.")
+        else:
+            raise S3Error("InternalError", "The object changed while it was being read.")
+        # A multipart object: its layout is in its part headers (trios3.ops.reads).
+        stored = reads.StoredObject(
+            ex.bucket, ex.key, query, response.headers.get("etag", ""), fetched.total
+        )
+        data_key = ex.services.keyring.open(envelope, ex.bucket, ex.key)
+        layout, known = await reads.find_layout(ex.services.backend, stored, envelope.segment_size)
+        out = hdr.object_response_headers(response.headers, encrypted=True)
+        start, end, status = _multipart_range(ex, layout, out)
+        plaintext = reads.decrypt_range(
+            ex.services.backend, stored, data_key, layout, known, start, end
+        )
+        async with prefetched(plaintext, PIPELINE_DEPTH) as pieces:
+            await _send_stream(ex, status, out, pieces)
+
+
+def _multipart_range(
+    ex: Exchange, layout: mp.Layout, out: list[tuple[str, str]]
+) -> tuple[int, int, int]:
+    """The plaintext bytes a GET or HEAD of a multipart object answers with (``0, -1`` for
+    an empty object) and its status; adds Content-Length, Content-Range and, for a
+    ``partNumber`` request, the part count, as S3 does."""
+    size = layout.plaintext_size
+    part = ex.target.query.get("partNumber")
+    if part is not None:
+        if not part.isascii() or not part.isdigit() or not 1 <= int(part) <= layout.count:
+            raise S3Error(
+                "InvalidPartNumber", "The requested partnumber is not satisfiable", status=416
+            )
+        place = layout.place(int(part))
+        start, end = place.plaintext_start, place.plaintext_start + place.plaintext_size - 1
+        out.append(("x-amz-mp-parts-count", str(layout.count)))
+        out.append(("content-length", str(place.plaintext_size)))
+        if place.plaintext_size:
+            out.append(("content-range", content_range(start, end, size)))
+        else:
+            start, end = 0, -1
+        return start, end, 206
+    wanted = parse_range(ex.headers.get("range"), size)
+    if wanted:
+        start, end = wanted
+        out.append(("content-length", str(end - start + 1)))
+        out.append(("content-range", content_range(start, end, size)))
+        return start, end, 206
+    out.append(("content-length", str(size)))
+    return 0, size - 1, 200
 
 
 async def _decrypt(
@@ -223,7 +281,7 @@ async def _send_foreign(ex: Exchange, response: httpx.Response) -> None:
 
 
 def _check_part_number(ex: Exchange) -> None:
-    """Objects the proxy writes are single-part: part 1 is the whole object."""
+    """A single PUT's object has one part: part 1 is the whole object."""
     part = ex.target.query.get("partNumber")
     if part is not None and part != "1":
         raise S3Error(
@@ -233,7 +291,6 @@ def _check_part_number(ex: Exchange) -> None:
 
 async def head_object(ex: Exchange) -> None:
     hdr.reject_sse_c(ex.headers)
-    _check_part_number(ex)
     query = ex.query_items("versionId")
     async with ex.services.backend.stream(
         "HEAD", ex.bucket, ex.key, query=query, headers=hdr.conditions(ex.headers)
@@ -246,6 +303,15 @@ async def head_object(ex: Exchange) -> None:
         ex.services.check_foreign()
     out = hdr.object_response_headers(response.headers, encrypted=envelope is not None)
     stored = int(response.headers.get("content-length", "0"))
+    if envelope is not None and envelope.version == mp.VERSION:
+        etag = response.headers.get("etag", "")
+        obj = reads.StoredObject(ex.bucket, ex.key, query, etag, stored)
+        layout, _ = await reads.find_layout(ex.services.backend, obj, envelope.segment_size)
+        _, _, status = _multipart_range(ex, layout, out)
+        await ex.respond.start(status, out)
+        await ex.respond.body(b"", more=False)
+        return
+    _check_part_number(ex)
     size = stored
     if envelope is not None:
         size = fmt.plaintext_size(stored, envelope.segment_size)
@@ -355,15 +421,19 @@ def _copy_source(value: str) -> tuple[str, str, str | None]:
     return bucket, key, version
 
 
-async def copy_object(ex: Exchange) -> None:
-    """Server-side copy: the ciphertext is copied by the backend and only the data key is
-    re-wrapped for the destination. A source the proxy did not encrypt is streamed through
-    the encrypting PUT path instead, so a copy never stores plaintext."""
-    hdr.reject_sse_c(ex.headers)
+@dataclass(frozen=True)
+class CopySource:
+    """A copy's source as its HEAD found it; later reads are pinned to its ETag."""
+
+    stored: reads.StoredObject
+    version: str | None
+    headers: httpx.Headers
+    envelope: Envelope | None
+
+
+async def copy_source_object(ex: Exchange) -> CopySource:
+    """HEAD the ``x-amz-copy-source`` under the client's ``x-amz-copy-source-if-*``."""
     src_bucket, src_key, version = _copy_source(ex.headers["x-amz-copy-source"])
-    directive = ex.headers.get("x-amz-metadata-directive", "COPY").upper()
-    if directive not in ("COPY", "REPLACE"):
-        raise S3Error("InvalidArgument", "Unknown metadata directive.")
     query = [("versionId", version)] if version else []
     src_conditions = [
         (n.removeprefix("x-amz-copy-source-"), v)
@@ -380,6 +450,118 @@ async def copy_object(ex: Exchange) -> None:
     envelope = Envelope.from_metadata(source.headers)
     if envelope is None:
         ex.services.check_foreign()
+    stored = reads.StoredObject(
+        src_bucket,
+        src_key,
+        query,
+        source.headers.get("etag", ""),
+        int(source.headers.get("content-length", "0")),
+    )
+    return CopySource(stored, version, source.headers, envelope)
+
+
+@dataclass(frozen=True)
+class OpenedSource:
+    """A copy source ready to be read as plaintext: its size and a reader of byte ranges."""
+
+    size: int
+    plaintext: Callable[[int, int], AsyncIterator[bytes]]  # (start, end), end=-1 when empty
+
+
+async def open_source(services: Services, source: CopySource) -> OpenedSource:
+    """Whatever the source's format: the proxy's single objects and multipart objects are
+    decrypted, other objects read as they are (the caller re-encrypts what it writes)."""
+    backend, stored, envelope = services.backend, source.stored, source.envelope
+    if envelope is None:
+        return OpenedSource(
+            stored.stored_size, lambda start, end: _raw_range(backend, stored, start, end)
+        )
+    data_key = services.keyring.open(envelope, stored.bucket, stored.key)
+    if envelope.version == mp.VERSION:
+        layout, known = await reads.find_layout(backend, stored, envelope.segment_size)
+        return OpenedSource(
+            layout.plaintext_size,
+            lambda start, end: reads.decrypt_range(
+                backend, stored, data_key, layout, known, start, end
+            ),
+        )
+    segment_size = envelope.segment_size
+    size = fmt.plaintext_size(stored.stored_size, segment_size)
+    if size is None:
+        raise S3Error("InternalError", "The stored object has an impossible size.")
+    return OpenedSource(
+        size,
+        lambda start, end: _single_range(backend, stored, data_key, segment_size, size, start, end),
+    )
+
+
+async def _single_range(
+    backend: Backend,
+    stored: reads.StoredObject,
+    data_key: bytes,
+    segment_size: int,
+    size: int,
+    start: int,
+    end: int,
+) -> AsyncIterator[bytes]:
+    span = fmt.span_for_range(size, start, end, segment_size)
+    window = [("range", f"bytes={span.stored_start}-{span.stored_end}")]
+    async with backend.stream(
+        "GET",
+        stored.bucket,
+        stored.key,
+        query=stored.query,
+        headers=[*window, ("if-match", stored.etag)],
+    ) as response:
+        if response.status_code in (404, 412):
+            raise reads.changed()
+        if response.status_code not in (200, 206):
+            raise backend_error(response, await read_limited(response, SMALL_RESPONSE))
+        fetched = Fetched.of(response)
+        if fetched.start > span.stored_start or fetched.end < span.stored_end:
+            raise S3Error("InternalError", "The backend returned the wrong stored window.")
+        async for piece in _decrypt(response, fetched, span, data_key, segment_size, size):
+            yield piece
+
+
+async def _raw_range(
+    backend: Backend, stored: reads.StoredObject, start: int, end: int
+) -> AsyncIterator[bytes]:
+    """Bytes start..end of an object the proxy did not encrypt, as they are."""
+    if end < start:
+        return
+    async with backend.stream(
+        "GET",
+        stored.bucket,
+        stored.key,
+        query=stored.query,
+        headers=[("range", f"bytes={start}-{end}"), ("if-match", stored.etag)],
+    ) as response:
+        if response.status_code in (404, 412):
+            raise reads.changed()
+        if response.status_code != 206:
+            raise backend_error(response, await read_limited(response, SMALL_RESPONSE))
+        received = 0
+        async for chunk in response.aiter_raw():
+            received += len(chunk)
+            yield chunk
+    if received != end - start + 1:
+        raise S3Error("InternalError", "The copy source ended early.")
+
+
+async def copy_object(ex: Exchange) -> None:
+    """Server-side copy: the ciphertext is copied by the backend and only the data key is
+    re-wrapped for the destination (part by part for a multipart source). A source the proxy
+    did not encrypt is streamed through the encrypting PUT path instead, so a copy never
+    stores plaintext."""
+    hdr.reject_sse_c(ex.headers)
+    directive = ex.headers.get("x-amz-metadata-directive", "COPY").upper()
+    if directive not in ("COPY", "REPLACE"):
+        raise S3Error("InvalidArgument", "Unknown metadata directive.")
+    copied = await copy_source_object(ex)
+    src_bucket, src_key = copied.stored.bucket, copied.stored.key
+    version, source, envelope = copied.version, copied.headers, copied.envelope
+    query = list(copied.stored.query)
     if directive == "COPY":
         # Copying a foreign object onto itself changes its encryption: that is a migration.
         itself = (src_bucket, src_key) == (ex.bucket, ex.key) and envelope is not None
@@ -391,13 +573,11 @@ async def copy_object(ex: Exchange) -> None:
                 "location or encryption attributes.",
             )
         described = [
-            (n, v)
-            for n, v in source.headers.items()
-            if n in hdr.UPLOAD_HEADERS or n == "content-encoding"
+            (n, v) for n, v in source.items() if n in hdr.UPLOAD_HEADERS or n == "content-encoding"
         ]
         meta = [
             (n, v)
-            for n, v in source.headers.items()
+            for n, v in source.items()
             if n.startswith("x-amz-meta-") and not n.startswith(hdr.RESERVED_META)
         ]
         for name in ("x-amz-storage-class", "x-amz-tagging", "x-amz-acl"):
@@ -412,14 +592,19 @@ async def copy_object(ex: Exchange) -> None:
         return
     rewrapped = ex.services.keyring.rewrap(envelope, src_bucket, src_key, ex.bucket, ex.key)
     headers = described + meta + list(rewrapped.to_metadata().items())
-    copy_source = "/" + uri_encode(src_bucket) + "/" + uri_encode(src_key, encode_slash=False)
-    if version:
-        copy_source += "?versionId=" + uri_encode(version)
+    if envelope.version == mp.VERSION:
+        etag = await _copy_multipart(ex, copied, headers)
+        last_modified = datetime.now(UTC).strftime("%Y-%m-%dT%H:%M:%S.000Z")
+        out = [("content-type", "application/xml")]
+        if version:
+            out.append(("x-amz-copy-source-version-id", version))
+        await ex.respond.whole(200, out, render_copy_object_result(etag, last_modified))
+        return
     headers += [
-        ("x-amz-copy-source", copy_source),
+        ("x-amz-copy-source", _copy_source_header(copied.stored)),
         ("x-amz-metadata-directive", "REPLACE"),
         # The source must still be the one whose data key was just re-wrapped.
-        ("x-amz-copy-source-if-match", source.headers.get("etag", "")),
+        ("x-amz-copy-source-if-match", copied.stored.etag),
     ]
     if "x-amz-tagging-directive" in ex.headers:
         headers.append(("x-amz-tagging-directive", ex.headers["x-amz-tagging-directive"]))
@@ -443,19 +628,19 @@ async def _copy_foreign(
     src_bucket: str,
     src_key: str,
     query: list[tuple[str, str]],
-    source: httpx.Response,
+    source: httpx.Headers,
     headers: list[tuple[str, str]],
 ) -> None:
     """Copy an object the proxy did not encrypt by streaming it through the encrypting PUT
     path: a copy through the proxy never stores plaintext (and so migrates the object)."""
-    length = int(source.headers.get("content-length", "0"))
+    length = int(source.get("content-length", "0"))
     if length > MAX_COPY_SOURCE:
         raise S3Error(
             "InvalidRequest",
             "The specified copy source is larger than the maximum allowable size for a copy "
             f"source: {MAX_COPY_SOURCE}",
         )
-    pinned = [("if-match", source.headers.get("etag", ""))]
+    pinned = [("if-match", source.get("etag", ""))]
     lease = ex.services.budget.lease(stream_window(fmt.DEFAULT_SEGMENT_SIZE))
     fetch = ex.services.backend.stream("GET", src_bucket, src_key, query=query, headers=pinned)
     async with lease, fetch as response:
@@ -482,6 +667,74 @@ async def _copy_foreign(
         [("content-type", "application/xml")],
         render_copy_object_result(etag, last_modified),
     )
+
+
+COPY_PARALLEL = 4  # server-side part copies in flight for one multipart copy
+
+
+def _copy_source_header(stored: reads.StoredObject) -> str:
+    value = "/" + uri_encode(stored.bucket) + "/" + uri_encode(stored.key, encode_slash=False)
+    for name, version in stored.query:
+        if name == "versionId":
+            value += "?versionId=" + uri_encode(version)
+    return value
+
+
+async def _copy_multipart(ex: Exchange, copied: CopySource, headers: list[tuple[str, str]]) -> str:
+    """Copy a multipart object server-side, part for part: the same parts at the same
+    numbers under the same data key (re-wrapped in ``headers``), so no byte is decrypted and
+    the copy has the source's layout. Any size, including past CopyObject's 5 GiB. Returns
+    the copy's ETag."""
+    backend, stored = ex.services.backend, copied.stored
+    assert copied.envelope is not None
+    layout, _ = await reads.find_layout(backend, stored, copied.envelope.segment_size)
+    response, data = await backend.request(
+        "POST", ex.bucket, ex.key, query=[("uploads", "")], headers=headers, max_body=SMALL_RESPONSE
+    )
+    if response.status_code != 200:
+        raise backend_error(response, data)
+    upload = [("uploadId", parse_initiate_result(data))]
+    etags: list[str] = [""] * layout.count
+    numbers = iter(range(1, layout.count + 1))
+
+    async def copy_parts() -> None:
+        for number in numbers:
+            place = layout.place(number)
+            end = place.stored_start + place.stored_size - 1
+            response, data = await backend.request(
+                "PUT",
+                ex.bucket,
+                ex.key,
+                query=[("partNumber", str(number)), *upload],
+                headers=[
+                    ("x-amz-copy-source", _copy_source_header(stored)),
+                    ("x-amz-copy-source-range", f"bytes={place.stored_start}-{end}"),
+                    ("x-amz-copy-source-if-match", stored.etag),
+                ],
+                max_body=SMALL_RESPONSE,
+            )
+            if response.status_code == 412:
+                raise reads.changed()
+            if response.status_code != 200:
+                raise backend_error(response, data)
+            etags[number - 1] = parse_copy_object_result(data)[0]
+
+    try:
+        async with trio.open_nursery() as nursery:
+            for _ in range(min(COPY_PARALLEL, layout.count)):
+                nursery.start_soon(copy_parts)
+        document = render_complete_request(list(enumerate(etags, start=1)))
+        response, data = await backend.request(
+            "POST", ex.bucket, ex.key, query=upload, body=document, max_body=SMALL_RESPONSE
+        )
+        if response.status_code != 200:
+            raise backend_error(response, data)
+        return parse_complete_result(data)
+    except BaseException:
+        # Leave no half-copied upload behind, even when cancelled (bounded, shielded).
+        with trio.CancelScope(shield=True), trio.move_on_after(30):
+            await backend.request("DELETE", ex.bucket, ex.key, query=upload)
+        raise
 
 
 def _changes_something(ex: Exchange) -> bool:

@@ -1,0 +1,344 @@
+"""Multipart uploads, encrypted and stateless (format v2, docs/FORMAT.md).
+
+CreateMultipartUpload makes a data key, stores it wrapped in the backend upload's metadata
+and hands the client an UploadId that carries it too, wrapped and bound to the backend upload.
+Every other call finds all it needs in that UploadId and at the backend, so any proxy
+process can serve any call of any upload, and nothing is kept between requests.
+"""
+
+from __future__ import annotations
+
+import re
+from collections.abc import AsyncIterator
+from datetime import UTC, datetime
+
+import httpx
+
+from trios3.backend import backend_error, read_limited
+from trios3.core import format as fmt
+from trios3.core import multipart as mp
+from trios3.core.errors import S3Error, TamperedError
+from trios3.core.etag import client_etag
+from trios3.core.keys import Envelope
+from trios3.core.s3xml import (
+    parse_complete_request,
+    parse_complete_result,
+    parse_initiate_result,
+    parse_list_parts,
+    render_complete_request,
+    render_complete_result,
+    render_copy_part_result,
+    render_initiate_result,
+    rewrite_list_parts,
+    rewrite_list_uploads,
+)
+from trios3.exchange import Exchange
+from trios3.ops import headers as hdr
+from trios3.ops import objects
+from trios3.pipeline import prefetched
+
+SMALL_RESPONSE = 64 * 1024
+MAX_COMPLETE_BODY = 4 * 1024 * 1024  # 10 000 parts with ETags and checksums fit in ~2 MiB
+MAX_PART_LIST_PAGE = 1024 * 1024
+_COPY_RANGE = re.compile(r"^bytes=(\d+)-(\d+)$")
+_CHECKSUM_REQUEST_HEADERS = ("x-amz-checksum-algorithm", "x-amz-checksum-type")
+
+
+# -- the UploadId -----------------------------------------------------------------------------
+
+
+def _token(ex: Exchange) -> mp.UploadToken:
+    return mp.UploadToken.decode(ex.target.query.get("uploadId", ""))
+
+
+def _data_key(ex: Exchange, token: mp.UploadToken) -> tuple[bytes, int]:
+    """The upload's data key and segment size from an UploadId that carries them."""
+    if not token.carries_key or token.key_id is None or token.segment_size is None:
+        raise S3Error(
+            "InvalidArgument",
+            "This UploadId came from ListMultipartUploads and cannot take new parts through "
+            "trios3: only the UploadId CreateMultipartUpload returned carries the upload's "
+            "data key. It can still be listed, completed or aborted.",
+            fields={"ArgumentName": "uploadId"},
+        )
+    envelope = Envelope(mp.VERSION, token.key_id, token.segment_size, token.wrapped_key or b"")
+    try:
+        key = ex.services.keyring.open(envelope, ex.bucket, ex.key, token.backend_upload_id)
+    except TamperedError:
+        # Altered, forged, or made for another object or upload: as S3 says for any id it
+        # never issued.
+        raise S3Error("NoSuchUpload") from None
+    return key, token.segment_size
+
+
+def _segment_size(token: mp.UploadToken) -> int:
+    return token.segment_size or fmt.DEFAULT_SEGMENT_SIZE
+
+
+def _upload_query(token: mp.UploadToken) -> list[tuple[str, str]]:
+    return [("uploadId", token.backend_upload_id)]
+
+
+def _part_number(ex: Exchange) -> int:
+    text = ex.target.query.get("partNumber", "")
+    if not text.isascii() or not text.isdigit() or not 1 <= int(text) <= mp.MAX_PART_NUMBER:
+        raise S3Error(
+            "InvalidArgument",
+            "Part number must be an integer between 1 and 10000, inclusive",
+            fields={"ArgumentName": "partNumber", "ArgumentValue": text},
+        )
+    return int(text)
+
+
+def _no_such_upload(response: httpx.Response, data: bytes) -> S3Error:
+    error = backend_error(response, data)
+    if response.status_code == 404 and error.code != "NoSuchBucket":
+        return S3Error("NoSuchUpload")
+    return error
+
+
+# -- create, upload, abort --------------------------------------------------------------------
+
+
+async def create_upload(ex: Exchange) -> None:
+    hdr.reject_sse_c(ex.headers)
+    headers = hdr.upload_headers(ex.headers) + hdr.user_metadata(ex.headers)
+    data_key, envelope = ex.services.keyring.seal_new(ex.bucket, ex.key, version=mp.VERSION)
+    response, data = await ex.services.backend.request(
+        "POST",
+        ex.bucket,
+        ex.key,
+        query=[("uploads", "")],
+        headers=headers + list(envelope.to_metadata().items()),
+        max_body=SMALL_RESPONSE,
+    )
+    if response.status_code != 200:
+        raise backend_error(response, data)
+    backend_id = parse_initiate_result(data)
+    bound = ex.services.keyring.bind_to_upload(data_key, envelope, ex.bucket, ex.key, backend_id)
+    token = mp.UploadToken(backend_id, bound.key_id, bound.segment_size, bound.wrapped_key)
+    # The checksum the client asked for is the proxy's to verify (over the plaintext), so it
+    # is not passed on; it is acknowledged as S3 acknowledges it.
+    out = [(n, ex.headers[n]) for n in _CHECKSUM_REQUEST_HEADERS if n in ex.headers]
+    out.append(("content-type", "application/xml"))
+    await ex.respond.whole(200, out, render_initiate_result(ex.bucket, ex.key, token.encode()))
+
+
+async def upload_part(ex: Exchange) -> None:
+    hdr.reject_sse_c(ex.headers)
+    token = _token(ex)
+    number = _part_number(ex)
+    data_key, segment_size = _data_key(ex, token)
+    body = ex.body
+    if body.length > mp.MAX_PART_SIZE:
+        raise S3Error("EntityTooLarge", fields={"MaxSizeAllowed": str(mp.MAX_PART_SIZE)})
+    async with ex.services.budget.lease(objects.stream_window(segment_size)):
+        response = await _store_part(
+            ex, token, data_key, segment_size, number, body.length, body.chunks()
+        )
+    out = [("etag", client_etag(response.headers.get("etag", ""), True))]
+    out += list(body.checks.response_headers().items())
+    await ex.respond.whole(200, out, b"")
+
+
+async def _store_part(
+    ex: Exchange,
+    token: mp.UploadToken,
+    data_key: bytes,
+    segment_size: int,
+    number: int,
+    length: int,
+    plaintext: AsyncIterator[bytes],
+) -> httpx.Response:
+    """Encrypt one attempt at a part (a fresh salt, so a fresh key) and send it.
+
+    As for a PUT, the backend request starts only with the first sealed segment in hand, and
+    the last segment goes only after ``plaintext`` ended cleanly (checks included).
+    """
+    sealer = mp.PartSealer(data_key, segment_size, number, length)
+
+    async def ciphertext() -> AsyncIterator[bytes]:
+        async for piece in plaintext:
+            for sealed in sealer.feed(piece):
+                yield sealed
+        yield sealer.finish()
+
+    async with prefetched(ciphertext(), objects.PIPELINE_DEPTH) as sealed:
+        first = await anext(sealed)
+
+        async def body() -> AsyncIterator[bytes]:
+            yield sealer.header.encode()
+            yield first
+            async for piece in sealed:
+                yield piece
+
+        async with ex.services.backend.stream(
+            "PUT",
+            ex.bucket,
+            ex.key,
+            query=[("partNumber", str(number)), *_upload_query(token)],
+            body=body(),
+            content_length=sealer.stored_size,
+        ) as response:
+            data = await read_limited(response, SMALL_RESPONSE)
+    if response.status_code != 200:
+        raise _no_such_upload(response, data)
+    return response
+
+
+async def abort_upload(ex: Exchange) -> None:
+    token = _token(ex)
+    response, data = await ex.services.backend.request(
+        "DELETE", ex.bucket, ex.key, query=_upload_query(token), max_body=SMALL_RESPONSE
+    )
+    if response.status_code not in (200, 204):
+        raise _no_such_upload(response, data)
+    await ex.respond.whole(204, [], b"")
+
+
+# -- listing ----------------------------------------------------------------------------------
+
+
+async def list_parts(ex: Exchange) -> None:
+    token = _token(ex)
+    segment_size = _segment_size(token)
+    query = _upload_query(token) + ex.query_items("max-parts", "part-number-marker")
+    response, data = await ex.services.backend.request(
+        "GET", ex.bucket, ex.key, query=query, max_body=MAX_PART_LIST_PAGE
+    )
+    if response.status_code != 200:
+        raise _no_such_upload(response, data)
+
+    def size_of(stored: int) -> int:
+        size = mp.part_plaintext_size(stored, segment_size)
+        return stored if size is None else size
+
+    body = rewrite_list_parts(
+        data, ex.target.query["uploadId"], size_of, lambda etag: client_etag(etag, True)
+    )
+    await ex.respond.whole(200, [("content-type", "application/xml")], body)
+
+
+async def list_uploads(ex: Exchange) -> None:
+    query = ex.query_items("delimiter", "encoding-type", "key-marker", "max-uploads", "prefix")
+    marker = ex.target.query.get("upload-id-marker")
+    if marker:
+        query.append(("upload-id-marker", mp.UploadToken.decode(marker).backend_upload_id))
+    query.append(("uploads", ""))
+    response, data = await ex.services.backend.request(
+        "GET", ex.bucket, query=query, max_body=4 * 1024 * 1024
+    )
+    if response.status_code != 200:
+        raise backend_error(response, data)
+    body = rewrite_list_uploads(data, lambda upload_id: mp.UploadToken(upload_id).encode())
+    await ex.respond.whole(200, [("content-type", "application/xml")], body)
+
+
+# -- complete ---------------------------------------------------------------------------------
+
+
+async def _uploaded_parts(ex: Exchange, token: mp.UploadToken) -> dict[int, list[tuple[str, int]]]:
+    """Part number -> [(backend ETag, stored size)], every page of the backend's ListParts."""
+    parts: dict[int, list[tuple[str, int]]] = {}
+    marker: str | None = None
+    for _page in range(mp.MAX_PART_NUMBER // 100 + 2):
+        query = [*_upload_query(token), ("max-parts", "1000")]
+        if marker:
+            query.append(("part-number-marker", marker))
+        response, data = await ex.services.backend.request(
+            "GET", ex.bucket, ex.key, query=query, max_body=MAX_PART_LIST_PAGE
+        )
+        if response.status_code != 200:
+            raise _no_such_upload(response, data)
+        page, marker = parse_list_parts(data)
+        for number, etag, size in page:
+            parts.setdefault(number, []).append((etag, size))
+        if marker is None:
+            return parts
+    raise S3Error("InternalError", "The backend's part list does not end.")
+
+
+async def complete_upload(ex: Exchange) -> None:
+    token = _token(ex)
+    segment_size = _segment_size(token)
+    body = ex.body
+    if body.length > MAX_COMPLETE_BODY:
+        raise S3Error("MalformedXML")
+    # The request, its parsed form and the backend's part list, all bounded by 10 000 parts.
+    async with ex.services.budget.lease(4 * body.length + 2 * MAX_PART_LIST_PAGE):
+        requested = parse_complete_request(await body.read_all(MAX_COMPLETE_BODY))
+        uploaded = await _uploaded_parts(ex, token)
+        plan = mp.plan_completion(
+            [(number, etag) for number, etag, _ in requested], uploaded, segment_size
+        )
+        document = render_complete_request([(p.number, p.backend_etag) for p in plan])
+        del requested, uploaded
+        response, data = await ex.services.backend.request(
+            "POST",
+            ex.bucket,
+            ex.key,
+            query=_upload_query(token),
+            body=document,
+            max_body=SMALL_RESPONSE,
+        )
+    if response.status_code != 200:
+        raise _no_such_upload(response, data)
+    etag = parse_complete_result(data)
+    out = [(n, response.headers[n]) for n in ("x-amz-version-id",) if n in response.headers]
+    out.append(("content-type", "application/xml"))
+    location = f"/{ex.bucket}/{ex.key}"
+    await ex.respond.whole(200, out, render_complete_result(location, ex.bucket, ex.key, etag, {}))
+
+
+# -- UploadPartCopy ---------------------------------------------------------------------------
+
+
+def _copy_range(ex: Exchange, size: int) -> tuple[int, int]:
+    """The source bytes to copy: ``x-amz-copy-source-range`` or the whole source."""
+    value = ex.headers.get("x-amz-copy-source-range")
+    if value is None:
+        return (0, size - 1)
+    match = _COPY_RANGE.match(value.strip())
+    if not match:
+        raise S3Error(
+            "InvalidArgument",
+            "The x-amz-copy-source-range value must be of the form bytes=first-last where "
+            "first and last are the zero-based offsets of the first and last bytes to copy",
+        )
+    start, end = int(match.group(1)), int(match.group(2))
+    if start > end or end >= size:
+        raise S3Error(
+            "InvalidRange",
+            f"Range specified is not valid for source object of size: {size}",
+            status=416,
+        )
+    return start, end
+
+
+async def upload_part_copy(ex: Exchange) -> None:
+    """A part from a range of another object: decrypted and re-encrypted while streaming,
+    since a part must be sealed under this upload's key, its number and a fresh salt."""
+    hdr.reject_sse_c(ex.headers)
+    token = _token(ex)
+    number = _part_number(ex)
+    data_key, segment_size = _data_key(ex, token)
+    source = await objects.copy_source_object(ex)
+    services = ex.services
+    window = objects.stream_window(segment_size)
+    async with services.budget.lease(2 * window):
+        opened = await objects.open_source(services, source)
+        start, end = _copy_range(ex, opened.size)
+        length = end - start + 1
+        if length > mp.MAX_PART_SIZE:
+            raise S3Error(
+                "InvalidRequest", "The specified copy range is larger than the maximum part size."
+            )
+        plaintext = opened.plaintext(start, end)
+        async with prefetched(plaintext, objects.PIPELINE_DEPTH) as pieces:
+            response = await _store_part(ex, token, data_key, segment_size, number, length, pieces)
+    etag = client_etag(response.headers.get("etag", ""), True)
+    last_modified = datetime.now(UTC).strftime("%Y-%m-%dT%H:%M:%S.000Z")
+    out = [("content-type", "application/xml")]
+    if source.version:
+        out.append(("x-amz-copy-source-version-id", source.version))
+    await ex.respond.whole(200, out, render_copy_part_result(etag, last_modified))

@@ -1,0 +1,147 @@
+"""Reading multipart (format v2) objects: finding their layout, decrypting a byte range.
+
+A multipart object's part sizes are in its part headers, not its metadata (metadata is fixed
+when the upload starts). For the usual uniform upload two small ranged GETs find the layout:
+the first part's header and the header where the last part must then start. Anything else
+is walked header by header. Every read after the first is pinned to the ETag it started
+with, so an object replaced meanwhile is never read half old, half new.
+"""
+
+from __future__ import annotations
+
+import re
+from collections.abc import AsyncIterator, Sequence
+from dataclasses import dataclass
+
+from trios3.backend import Backend, read_limited
+from trios3.core import multipart as mp
+from trios3.core.errors import S3Error, TamperedError
+
+_PART_COUNT = re.compile(r'-(\d+)"?\s*$')
+
+
+def part_count(etag: str) -> int | None:
+    """N from a multipart ETag ``"<hex>-N"``; None for a single-part ETag (or the proxy's
+    ``-0``)."""
+    match = _PART_COUNT.search(etag)
+    if not match or match.group(1) == "0":
+        return None
+    return int(match.group(1))
+
+
+def changed() -> S3Error:
+    return S3Error(
+        "SlowDown",
+        "The object changed while it was being read; please retry.",
+        headers={"Retry-After": "1"},
+    )
+
+
+@dataclass(frozen=True)
+class StoredObject:
+    """The backend object a read is pinned to."""
+
+    bucket: str
+    key: str
+    query: Sequence[tuple[str, str]]  # versionId, if any
+    etag: str
+    stored_size: int
+
+
+async def read_header(backend: Backend, obj: StoredObject, offset: int) -> mp.PartHeader:
+    if offset + mp.PART_HEADER_SIZE > obj.stored_size:
+        raise TamperedError("a part header lies past the end of the stored object")
+    window = f"bytes={offset}-{offset + mp.PART_HEADER_SIZE - 1}"
+    response, data = await backend.request(
+        "GET",
+        obj.bucket,
+        obj.key,
+        query=obj.query,
+        headers=[("range", window), ("if-match", obj.etag)],
+        max_body=4 * mp.PART_HEADER_SIZE,
+    )
+    if response.status_code in (404, 412):
+        raise changed()
+    if response.status_code != 206 or len(data) != mp.PART_HEADER_SIZE:
+        raise S3Error("InternalError", "The backend did not return a part header.")
+    return mp.PartHeader.parse(data)
+
+
+async def find_layout(
+    backend: Backend, obj: StoredObject, segment_size: int
+) -> tuple[mp.Layout, dict[int, mp.PartHeader]]:
+    """The object's layout and the part headers read on the way (by part number)."""
+    count = part_count(obj.etag)
+    first = await read_header(backend, obj, 0)
+    headers = {1: first}
+    if count is not None and count <= mp.MAX_PART_NUMBER:
+        last = first
+        if count > 1:
+            offset = mp.last_header_offset(count, first, segment_size)
+            try:
+                last = await read_header(backend, obj, offset)
+            except TamperedError:
+                last = None
+        if last is not None:
+            layout = mp.uniform_layout(obj.stored_size, count, first, last, segment_size)
+            if layout is not None:
+                headers[count] = last
+                return layout, headers
+    return await _walk(backend, obj, first, segment_size), headers
+
+
+async def _walk(
+    backend: Backend, obj: StoredObject, first: mp.PartHeader, segment_size: int
+) -> mp.Layout:
+    """Every part header in turn: for uploads whose parts differ in size (rare), and for
+    copies whose ETag no longer tells the part count."""
+    sizes: list[int] = []
+    header, offset = first, 0
+    while True:
+        if header.part_number != len(sizes) + 1:
+            raise TamperedError(f"part {len(sizes) + 1} is missing or out of place")
+        sizes.append(header.plaintext_size)
+        offset += mp.part_stored_size(header.plaintext_size, segment_size)
+        if offset == obj.stored_size:
+            return mp.Layout(segment_size, sizes)
+        if offset > obj.stored_size or len(sizes) >= mp.MAX_PART_NUMBER:
+            raise TamperedError("the part headers do not add up to the stored size")
+        header = await read_header(backend, obj, offset)
+
+
+async def decrypt_range(
+    backend: Backend,
+    obj: StoredObject,
+    data_key: bytes,
+    layout: mp.Layout,
+    known: dict[int, mp.PartHeader],
+    start: int,
+    end: int,
+) -> AsyncIterator[bytes]:
+    """Plaintext bytes ``start..end`` (``0, -1`` for an empty object), streamed: one GET of
+    exactly the segments they need, plus the first part's header when it is not known."""
+    first_part = layout.part_at(start) if end >= start else 1
+    header = known.get(first_part)
+    if header is None:
+        header = await read_header(backend, obj, layout.place(first_part).stored_start)
+    opener = mp.MultipartOpener(data_key, layout, start, end, header)
+    window_start, window_end = opener.window
+    async with backend.stream(
+        "GET",
+        obj.bucket,
+        obj.key,
+        query=obj.query,
+        headers=[("range", f"bytes={window_start}-{window_end}"), ("if-match", obj.etag)],
+    ) as response:
+        if response.status_code in (404, 412):
+            raise changed()
+        if response.status_code != 206:
+            # A window never starts at 0 (the first part's header is before it), so a 200
+            # is a backend that ignored the Range.
+            await read_limited(response, 64 * 1024)
+            raise S3Error("InternalError", "The backend refused a read of a stored window.")
+        async for chunk in response.aiter_raw():
+            for piece in opener.feed(chunk):
+                yield piece
+    for piece in opener.finish():
+        yield piece
