@@ -151,10 +151,18 @@ def self_signed_cert(directory: Path) -> tuple[Path, Path]:
     return cert_path, key_path
 
 
-def start_proxy(seaweedfs: Endpoint, directory: Path, *, tls: bool = False, extra=()):
-    """`trios3 serve` as a user runs it, in front of the test SeaweedFS."""
+def start_proxy(
+    seaweedfs: Endpoint,
+    directory: Path,
+    *,
+    tls: bool = False,
+    extra=(),
+    master_key: str | None = None,
+):
+    """`trios3 serve` as a user runs it, in front of the test SeaweedFS (with a master key of
+    its own unless one is given: replicas share theirs)."""
     port = free_ports(1)[0]
-    master = base64.b64encode(MasterKey.generate()).decode()
+    master = master_key or base64.b64encode(MasterKey.generate()).decode()
     env = {
         **os.environ,
         "TRIOS3_BACKEND_ACCESS_KEY_ID": seaweedfs.access_key,

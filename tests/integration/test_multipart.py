@@ -591,3 +591,96 @@ def test_upload_part_copy_refuses_bad_ranges(s3, bucket, copy_sources):
             )
         assert code(info.value) == expected, value
     s3.abort_multipart_upload(Bucket=bucket, Key=key, UploadId=upload_id)
+
+
+# -- checksums ----------------------------------------------------------------------------------
+
+
+def _crc(algorithm: str, data: bytes) -> str:
+    from trios3.core.checksums import checksum_b64
+
+    return checksum_b64(algorithm, data)
+
+
+@pytest.mark.parametrize("algorithm", ["CRC32", "CRC32C", "CRC64NVME"])
+def test_full_object_checksum_is_verified_over_the_plaintext(s3, bucket, algorithm):
+    key = new_key("full")
+    parts = [os.urandom(5 * MiB), os.urandom(300)]
+    alg = algorithm.lower()
+    upload_id = s3.create_multipart_upload(
+        Bucket=bucket, Key=key, ChecksumAlgorithm=algorithm, ChecksumType="FULL_OBJECT"
+    )["UploadId"]
+    done = []
+    for number, body in enumerate(parts, start=1):
+        response = s3.upload_part(
+            Bucket=bucket,
+            Key=key,
+            UploadId=upload_id,
+            PartNumber=number,
+            Body=body,
+            ChecksumAlgorithm=algorithm,
+        )
+        assert response[f"Checksum{algorithm}"] == _crc(alg, body)
+        done.append(
+            {
+                "PartNumber": number,
+                "ETag": response["ETag"],
+                f"Checksum{algorithm}": _crc(alg, body),
+            }
+        )
+    whole = _crc(alg, b"".join(parts))
+    wrong = _crc(alg, b"".join(parts) + b"x")
+    with pytest.raises(ClientError) as info:
+        s3.complete_multipart_upload(
+            Bucket=bucket,
+            Key=key,
+            UploadId=upload_id,
+            MultipartUpload={"Parts": done},
+            **{f"Checksum{algorithm}": wrong},
+            ChecksumType="FULL_OBJECT",
+        )
+    assert code(info.value) == "BadDigest"
+    result = s3.complete_multipart_upload(
+        Bucket=bucket,
+        Key=key,
+        UploadId=upload_id,
+        MultipartUpload={"Parts": done},
+        **{f"Checksum{algorithm}": whole},
+        ChecksumType="FULL_OBJECT",
+    )
+    assert result[f"Checksum{algorithm}"] == whole
+    assert read(s3, bucket, key) == b"".join(parts)
+
+
+def test_composite_checksum_is_reported_over_the_plaintext(s3, bucket):
+    import base64
+    import zlib
+
+    key = new_key("composite")
+    parts = [os.urandom(5 * MiB), os.urandom(10)]
+    upload_id = s3.create_multipart_upload(Bucket=bucket, Key=key, ChecksumAlgorithm="CRC32")[
+        "UploadId"
+    ]
+    done = []
+    for number, body in enumerate(parts, start=1):
+        response = s3.upload_part(
+            Bucket=bucket,
+            Key=key,
+            UploadId=upload_id,
+            PartNumber=number,
+            Body=body,
+            ChecksumAlgorithm="CRC32",
+        )
+        done.append(
+            {
+                "PartNumber": number,
+                "ETag": response["ETag"],
+                "ChecksumCRC32": response["ChecksumCRC32"],
+            }
+        )
+    result = s3.complete_multipart_upload(
+        Bucket=bucket, Key=key, UploadId=upload_id, MultipartUpload={"Parts": done}
+    )
+    raw = b"".join(zlib.crc32(p).to_bytes(4, "big") for p in parts)
+    expected = base64.b64encode(zlib.crc32(raw).to_bytes(4, "big")).decode() + "-2"
+    assert result["ChecksumCRC32"] == expected

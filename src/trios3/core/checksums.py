@@ -216,3 +216,75 @@ def _b64(value: str, size: int) -> bytes | None:
     except (binascii.Error, ValueError):
         return None
     return decoded if len(decoded) == size else None
+
+
+_COMBINE = {
+    "crc32": crt.combine_crc32,
+    "crc32c": crt.combine_crc32c,
+    "crc64nvme": crt.combine_crc64nvme,
+}
+XML_NAMES = {
+    "crc32": "ChecksumCRC32",
+    "crc32c": "ChecksumCRC32C",
+    "crc64nvme": "ChecksumCRC64NVME",
+    "sha1": "ChecksumSHA1",
+    "sha256": "ChecksumSHA256",
+}
+
+
+def multipart_checksums(
+    headers: Mapping[str, str],
+    part_checksums: list[Mapping[str, str]],
+    part_sizes: list[int],
+) -> dict[str, str]:
+    """The checksum elements of a CompleteMultipartUpload result, over the plaintext.
+
+    Each part's checksum was verified over its plaintext when the part was uploaded; the
+    values here are those the client lists for its parts. A full-object checksum the client
+    sends with the Complete (``x-amz-checksum-<crc>``) must equal the CRCs of its parts
+    combined, or the upload is refused (BadDigest); otherwise, when every part carries one,
+    the composite checksum (the checksum of the part checksums, ``-N``) is reported, as S3
+    does. Nothing is reported when the parts carry none.
+    """
+    full = [a for a in CHECKSUM_ALGORITHMS if f"x-amz-checksum-{a}" in headers]
+    candidates = full or [
+        a for a in CHECKSUM_ALGORITHMS if all(XML_NAMES[a] in p for p in part_checksums)
+    ]
+    if not candidates or not part_checksums:
+        return {}
+    algorithm = candidates[0]
+    size = _DIGEST_SIZES[algorithm]
+    raw = []
+    for listed in part_checksums:
+        value = _b64(listed.get(XML_NAMES[algorithm], ""), size)
+        if value is None:
+            if full:
+                raise S3Error(
+                    "InvalidRequest",
+                    f"Every part needs a {algorithm.upper()} checksum for a full-object checksum.",
+                )
+            return {}
+        raw.append(value)
+    if full:
+        claimed = headers[f"x-amz-checksum-{algorithm}"].strip()
+        combine = _COMBINE.get(algorithm)
+        if combine is None:
+            raise S3Error(
+                "InvalidRequest",
+                f"A full-object checksum cannot be {algorithm.upper()}; use a CRC.",
+            )
+        value = int.from_bytes(raw[0], "big")
+        for digest, length in zip(raw[1:], part_sizes[1:], strict=True):
+            value = combine(value, int.from_bytes(digest, "big"), length)
+        computed = base64.b64encode(value.to_bytes(size, "big")).decode("ascii")
+        if not hmac.compare_digest(computed, claimed):
+            raise S3Error(
+                "BadDigest",
+                f"The {algorithm.upper()} you specified did not match the calculated checksum.",
+            )
+        return {XML_NAMES[algorithm]: computed, "ChecksumType": "FULL_OBJECT"}
+    digest = new_checksum(algorithm)
+    for value in raw:
+        digest.update(value)
+    composite = base64.b64encode(digest.digest()).decode("ascii")
+    return {XML_NAMES[algorithm]: f"{composite}-{len(raw)}", "ChecksumType": "COMPOSITE"}

@@ -17,6 +17,7 @@ import httpx
 from trios3.backend import backend_error, read_limited
 from trios3.core import format as fmt
 from trios3.core import multipart as mp
+from trios3.core.checksums import multipart_checksums
 from trios3.core.errors import S3Error, TamperedError
 from trios3.core.etag import client_etag
 from trios3.core.keys import Envelope
@@ -261,7 +262,7 @@ async def _uploaded_parts(ex: Exchange, token: mp.UploadToken) -> dict[int, list
 async def complete_upload(ex: Exchange) -> None:
     token = _token(ex)
     segment_size = _segment_size(token)
-    body = ex.body
+    body = ex.document_body()
     if body.length > MAX_COMPLETE_BODY:
         raise S3Error("MalformedXML")
     # The request, its parsed form and the backend's part list, all bounded by 10 000 parts.
@@ -270,6 +271,9 @@ async def complete_upload(ex: Exchange) -> None:
         uploaded = await _uploaded_parts(ex, token)
         plan = mp.plan_completion(
             [(number, etag) for number, etag, _ in requested], uploaded, segment_size
+        )
+        checksums = multipart_checksums(
+            ex.headers, [c for _, _, c in requested], [p.plaintext_size for p in plan]
         )
         document = render_complete_request([(p.number, p.backend_etag) for p in plan])
         del requested, uploaded
@@ -287,7 +291,9 @@ async def complete_upload(ex: Exchange) -> None:
     out = [(n, response.headers[n]) for n in ("x-amz-version-id",) if n in response.headers]
     out.append(("content-type", "application/xml"))
     location = f"/{ex.bucket}/{ex.key}"
-    await ex.respond.whole(200, out, render_complete_result(location, ex.bucket, ex.key, etag, {}))
+    await ex.respond.whole(
+        200, out, render_complete_result(location, ex.bucket, ex.key, etag, checksums)
+    )
 
 
 # -- UploadPartCopy ---------------------------------------------------------------------------
