@@ -423,27 +423,15 @@ class MultipartOpener:
             first_part, last_part = layout.part_at(start), layout.part_at(end)
         else:
             raise ValueError(f"range {start}-{end} is outside a {size}-byte object")
-        self._plan: list[tuple[PartPlace, fmt.SegmentSpan]] = []
-        for number in range(first_part, last_part + 1):
-            place = layout.place(number)
-            if size == 0:
-                span = fmt.span_for_range(0, 0, -1, layout.segment_size)
-            else:
-                local_start = max(start, place.plaintext_start) - place.plaintext_start
-                local_end = min(end, place.plaintext_start + place.plaintext_size - 1)
-                local_end -= place.plaintext_start
-                span = fmt.span_for_range(
-                    place.plaintext_size, local_start, local_end, layout.segment_size
-                )
-            self._plan.append((place, span))
-        first_place, first_span = self._plan[0]
-        last_place, last_span = self._plan[-1]
+        self._start, self._end = start, end
+        self._next, self._last_part = first_part, last_part
+        first_place, first_span = self._part_plan(first_part)
+        last_place, last_span = self._part_plan(last_part)
         self.window = (
             first_place.stored_start + PART_HEADER_SIZE + first_span.stored_start,
             last_place.stored_start + PART_HEADER_SIZE + last_span.stored_end,
         )
         self.length = 0 if size == 0 else end - start + 1
-        self._next = 0
         self._header = bytearray()
         self._opener: fmt.SegmentOpener | None = None
         self._stored_left = 0
@@ -451,8 +439,21 @@ class MultipartOpener:
         self._left = 0
         self._open_part(first_header)
 
+    def _part_plan(self, number: int) -> tuple[PartPlace, fmt.SegmentSpan]:
+        """Where part ``number`` is, and which of its segments the range needs (computed per
+        part as the stream reaches it: an object may have 10 000 parts)."""
+        layout = self._layout
+        place = layout.place(number)
+        if layout.plaintext_size == 0:
+            return place, fmt.span_for_range(0, 0, -1, layout.segment_size)
+        part_end = place.plaintext_start + place.plaintext_size - 1
+        local_start = max(self._start, place.plaintext_start) - place.plaintext_start
+        local_end = min(self._end, part_end) - place.plaintext_start
+        span = fmt.span_for_range(place.plaintext_size, local_start, local_end, layout.segment_size)
+        return place, span
+
     def _open_part(self, header: PartHeader) -> None:
-        place, span = self._plan[self._next]
+        place, span = self._part_plan(self._next)
         if header.part_number != place.number or header.plaintext_size != place.plaintext_size:
             raise TamperedError(f"part {place.number} is missing or out of place")
         self._opener = fmt.SegmentOpener(
@@ -483,7 +484,7 @@ class MultipartOpener:
         view = memoryview(data)
         while view.nbytes:
             if self._opener is None:
-                if self._next >= len(self._plan):
+                if self._next > self._last_part:
                     raise TamperedError("stored bytes continue after the requested range")
                 take = min(PART_HEADER_SIZE - len(self._header), view.nbytes)
                 self._header += view[:take]
@@ -502,6 +503,6 @@ class MultipartOpener:
         return out
 
     def finish(self) -> list[bytes]:
-        if self._opener is not None or self._header or self._next < len(self._plan):
+        if self._opener is not None or self._header or self._next <= self._last_part:
             raise TamperedError("stored bytes end before the requested range does")
         return []

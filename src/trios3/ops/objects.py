@@ -2,9 +2,11 @@
 
 Each operation that holds body bytes takes its budget lease before anything is sent, and
 holds it until its last byte is gone: the ``async with`` blocks here are the lifetimes.
-A GET is one backend request in the common case: the stored byte window is computed from the
-client's Range and the default segment size before the object's metadata is known, and is
-fetched again only when the object turns out to be foreign or differently segmented.
+A GET of a single PUT's object is one backend request in the common case: the stored byte
+window is computed from the client's Range and the default segment size before the object's
+metadata is known, and is fetched again only when the object turns out to be foreign or
+differently segmented. A multipart object (format v2) is read through trios3.ops.reads, after
+its layout is known.
 """
 
 from __future__ import annotations
