@@ -5,9 +5,13 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 if command -v apt-get >/dev/null && [ "$(id -u)" = 0 ]; then
     export DEBIAN_FRONTEND=noninteractive
-    if ! command -v restic >/dev/null; then
+    missing=()
+    for tool in restic rclone; do
+        command -v "$tool" >/dev/null || missing+=("$tool")
+    done
+    if [ "${#missing[@]}" -gt 0 ]; then
         apt-get update -qq
-        apt-get install -y -qq restic >/dev/null
+        apt-get install -y -qq "${missing[@]}" >/dev/null
     fi
 fi
 python3.11 -m venv .venv 2>/dev/null || python3 -m venv .venv

@@ -11,6 +11,8 @@ import subprocess
 import sys
 import time
 import uuid
+from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -74,10 +76,9 @@ def _stop(process: subprocess.Popen, grace: float = 10) -> None:
         process.wait()
 
 
-@pytest.fixture(scope="session")
-def seaweedfs(tmp_path_factory) -> Endpoint:
-    """A real, signature-checking S3 server for the whole session."""
-    data = tmp_path_factory.mktemp("seaweedfs")
+@contextmanager
+def running_seaweedfs(data: Path) -> Iterator[Endpoint]:
+    """A SeaweedFS S3 server on free ports, its data in ``data``, for the ``with`` block."""
     access, secret, s3_config = backend_identity(data)
     ports = dict(zip(PORT_OPTIONS, free_ports(len(PORT_OPTIONS)), strict=True))
     log = open(data / "weed.log", "wb")  # noqa: SIM115
@@ -92,6 +93,13 @@ def seaweedfs(tmp_path_factory) -> Endpoint:
     finally:
         _stop(process, grace=3)  # SeaweedFS takes its time over SIGTERM; its data is scratch
         log.close()
+
+
+@pytest.fixture(scope="session")
+def seaweedfs(tmp_path_factory) -> Endpoint:
+    """A real, signature-checking S3 server for the whole session."""
+    with running_seaweedfs(tmp_path_factory.mktemp("seaweedfs")) as endpoint:
+        yield endpoint
 
 
 def _wait_writable(endpoint: Endpoint) -> None:

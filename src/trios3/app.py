@@ -29,6 +29,8 @@ from trios3.core.errors import S3Error, TamperedError
 from trios3.core.keys import Keyring
 from trios3.core.routing import resolve_target
 from trios3.exchange import Exchange, Responder, Services
+from trios3.metrics import CONTENT_TYPE as METRICS_CONTENT_TYPE
+from trios3.metrics import Counts, Metrics
 from trios3.ops import buckets, multipart, objects
 
 log = logging.getLogger("trios3")
@@ -79,19 +81,9 @@ class ProxySettings:
     require_encrypted: bool = False  # refuse objects without trios3 metadata
 
 
-@dataclass
-class ProxyStats:
-    """Counters for a metrics endpoint (the memory budget keeps its own)."""
-
-    in_flight: int = 0
-    requests: int = 0
-    refused_busy: int = 0
-    disconnects: int = 0
-    backend_failures: int = 0
-    tamper_failures: int = 0
-
-
-def _admin_app() -> QuartTrio:
+def _admin_app(proxy: S3Proxy) -> QuartTrio:
+    """The routes that are not S3: health, readiness and metrics. None needs credentials and
+    none tells more than a probe or a dashboard needs."""
     admin = QuartTrio("trios3")
     admin.config.update(RESPONSE_TIMEOUT=None, BODY_TIMEOUT=None, MAX_CONTENT_LENGTH=1024)
 
@@ -99,10 +91,34 @@ def _admin_app() -> QuartTrio:
     async def healthz():
         return "ok\n", 200, {"content-type": "text/plain"}
 
+    @admin.get("/readyz")
+    async def readyz():
+        problem = await proxy.readiness_problem()
+        if problem:
+            return f"not ready: {problem}\n", 503, {"content-type": "text/plain"}
+        return "ready\n", 200, {"content-type": "text/plain"}
+
+    @admin.get("/metrics")
+    async def metrics():
+        return proxy.metrics.render(), 200, {"content-type": METRICS_CONTENT_TYPE}
+
     return admin
 
 
-ADMIN_PATHS = {"/healthz"}
+ADMIN_PATHS = {"/healthz", "/readyz", "/metrics"}
+# Refusals that count as authentication failures in the metrics.
+AUTHENTICATION_FAILURES = frozenset(
+    {
+        "AccessDenied",
+        "AuthorizationHeaderMalformed",
+        "AuthorizationQueryParametersError",
+        "ExpiredToken",
+        "InvalidAccessKeyId",
+        "RequestTimeTooSkewed",
+        "SignatureDoesNotMatch",
+    }
+)
+READINESS_TIMEOUT = 2.0
 # An early error reads up to this much of the request's body first, so the connection can end
 # cleanly and the client gets to read the error (trios3.body.ClientChannel.discard).
 DISCARD_LIMIT = 1024 * 1024
@@ -115,9 +131,26 @@ class S3Proxy:
     def __init__(self, settings: ProxySettings, backend: Backend | None = None) -> None:
         self.settings = settings
         self.budget = MemoryBudget(settings.memory_budget, settings.admission_timeout)
-        self.stats = ProxyStats()
+        self.stats = Counts()
         self._backend = backend
-        self._admin = _admin_app()
+        self.metrics = Metrics(self.stats, self.budget.stats, self._pool_connections)
+        self._admin = _admin_app(self)
+
+    def _pool_connections(self) -> int | None:
+        return None if self._backend is None else self._backend.pool_connections
+
+    async def readiness_problem(self) -> str | None:
+        """Why the proxy cannot serve S3 now, or None: the backend must answer (any HTTP
+        answer will do: it is there) and the keys must be loaded (they are, once started)."""
+        if self._backend is None:
+            return "starting"
+        with trio.move_on_after(READINESS_TIMEOUT):
+            try:
+                await self._backend.request("HEAD", max_body=0)
+            except httpx.HTTPError:
+                return "the backend does not answer"
+            return None
+        return "the backend does not answer"
 
     @property
     def services(self) -> Services:
@@ -161,6 +194,8 @@ class S3Proxy:
         stats = self.stats
         stats.requests += 1
         stats.in_flight += 1
+        shutdown = False
+        channel: ClientChannel | None = None
         try:
             async with trio.open_nursery() as nursery:
                 channel = ClientChannel(receive, nursery.cancel_scope, self.settings.body_timeout)
@@ -171,7 +206,12 @@ class S3Proxy:
                         # Refused before anything is read or reserved.
                         stats.refused_busy += 1
                         raise S3Error("SlowDown", headers={"Retry-After": "1"})
-                    exchange = self._authenticate(scope, channel, respond)
+                    try:
+                        exchange = self._authenticate(scope, channel, respond)
+                    except S3Error as err:
+                        if err.code in AUTHENTICATION_FAILURES:
+                            stats.auth_failures += 1
+                        raise
                     operation = _operation_name(exchange)
                     await self._dispatch(operation, exchange)
                 except Exception as exc:
@@ -183,21 +223,31 @@ class S3Proxy:
                         await respond.error(error, resource)
                 finally:
                     nursery.cancel_scope.cancel()
+        except trio.Cancelled:
+            shutdown = True  # cancelled from outside: the server is stopping
+            raise
         finally:
             stats.in_flight -= 1
-        if channel.disconnected and not respond.finished:
-            stats.disconnects += 1
-        log.info(
-            "request id=%s op=%s method=%s path=%r status=%s bytes=%d ms=%.1f%s",
-            request_id,
-            operation,
-            method,
-            resource,
-            respond.status or "-",
-            respond.bytes_sent,
-            (time.monotonic() - started) * 1000,
-            "" if respond.finished else " (cut short)",
-        )
+            disconnected = channel is not None and channel.disconnected
+            cut = not respond.finished
+            stats.disconnects += disconnected and cut
+            stats.shutdown_cancellations += shutdown and cut and not disconnected
+            stats.bytes_received += channel.received if channel is not None else 0
+            stats.bytes_sent += respond.bytes_sent
+            seconds = time.monotonic() - started
+            self.metrics.observe(operation, respond.status or None, seconds)
+            log.info(
+                "request id=%s op=%s method=%s path=%r status=%s in=%d out=%d ms=%.1f%s",
+                request_id,
+                operation,
+                method,
+                resource,
+                respond.status or "-",
+                channel.received if channel is not None else 0,
+                respond.bytes_sent,
+                seconds * 1000,
+                "" if respond.finished else " (cut short)",
+            )
 
     def _failure(
         self, exc: Exception, request_id: str, operation: str, started: bool

@@ -47,6 +47,7 @@ class ClientChannel:
         self._body_timeout = body_timeout
         self._send, self._recv = trio.open_memory_channel[bytes](0)
         self.disconnected = False
+        self.received = 0  # body bytes that came in, read or discarded
 
     async def run(self) -> None:
         body_open = True
@@ -60,6 +61,7 @@ class ClientChannel:
             if kind != "http.request" or not body_open:
                 continue
             chunk = message.get("body", b"")
+            self.received += len(chunk)
             if chunk:
                 try:
                     await self._send.send(chunk)

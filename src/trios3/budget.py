@@ -30,6 +30,7 @@ class BudgetStats:
     admitted: int = 0
     rejected: int = 0
     cancelled_while_waiting: int = 0
+    wait_seconds: float = 0.0  # total time spent queued
 
 
 @dataclass
@@ -78,10 +79,12 @@ class MemoryBudget:
         waiter = _Waiter(nbytes)
         self._queue.append(waiter)
         self.stats.waiting = len(self._queue)
+        queued_at = trio.current_time()
         try:
             with trio.move_on_after(self._admission_timeout):
                 await waiter.event.wait()
         except BaseException:
+            self.stats.wait_seconds += trio.current_time() - queued_at
             # Cancelled while queued: a grant made in the same tick is given back, an
             # ungranted place in the queue is left, and the next waiter may now fit.
             if waiter.granted:
@@ -90,6 +93,7 @@ class MemoryBudget:
                 self._leave_queue(waiter)
             self.stats.cancelled_while_waiting += 1
             raise
+        self.stats.wait_seconds += trio.current_time() - queued_at
         if waiter.granted:
             self.stats.admitted += 1
             return nbytes

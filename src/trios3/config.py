@@ -42,6 +42,7 @@ class Config:
     send_timeout: float = 120.0
     max_requests: int = 256
     backend_timeout: float = 300.0
+    shutdown_timeout: float = 30.0
     require_encrypted: bool = False
     generated: tuple[str, ...] = ()  # what the embedded mode created on this run
 
@@ -63,6 +64,7 @@ OPTIONS = {
     "send-timeout": ("120", "seconds a client may leave response bytes unread (TCP_USER_TIMEOUT)"),
     "max-requests": ("256", "requests in flight at once; more get 503 SlowDown"),
     "backend-timeout": ("300", "seconds the backend may stay silent in a request"),
+    "shutdown-timeout": ("30", "seconds in-flight requests may take to finish after SIGTERM"),
 }
 
 
@@ -223,6 +225,7 @@ def build_config(args: argparse.Namespace, environ: Mapping[str, str]) -> Config
     body_timeout = parse_seconds(args.body_timeout, "body-timeout")
     send_timeout = parse_seconds(args.send_timeout, "send-timeout")
     backend_timeout = parse_seconds(args.backend_timeout, "backend-timeout")
+    shutdown_timeout = parse_seconds(args.shutdown_timeout, "shutdown-timeout")
     max_requests = str(args.max_requests)
     if not max_requests.isdigit() or int(max_requests) < 1:
         raise ConfigError(f"--max-requests: expected a positive number, got {max_requests!r}")
@@ -259,6 +262,7 @@ def build_config(args: argparse.Namespace, environ: Mapping[str, str]) -> Config
         send_timeout=send_timeout,
         max_requests=int(max_requests),
         backend_timeout=backend_timeout,
+        shutdown_timeout=shutdown_timeout,
         require_encrypted=bool(args.require_encrypted),
         generated=generated,
     )

@@ -48,7 +48,9 @@ def listening_socket(listen: str, send_timeout: float):
         sock.close()
 
 
-def hypercorn_config(config: Config, sock: socket.socket) -> HypercornConfig:
+def hypercorn_config(
+    config: Config, sock: socket.socket, shutdown_timeout: float = 30.0
+) -> HypercornConfig:
     """HTTP/1.1 only, no timeout that cuts a long stream, no body size cap."""
     hc = HypercornConfig()
     # Hypercorn wraps the descriptor it is given and closes it when it stops: give it a
@@ -59,7 +61,9 @@ def hypercorn_config(config: Config, sock: socket.socket) -> HypercornConfig:
     hc.alpn_protocols = ["http/1.1"]
     hc.keep_alive_timeout = 75
     hc.read_timeout = None
-    hc.graceful_timeout = 30
+    # After SIGTERM: no new connections, and requests in flight get this long to finish
+    # before they are cancelled (which releases all they hold).
+    hc.graceful_timeout = shutdown_timeout
     # Request line and headers: S3 allows 8 KiB of headers (2 KiB of user metadata); this is
     # what a connection that never finishes its headers can make the proxy hold.
     hc.h11_max_incomplete_size = 16 * 1024
@@ -116,7 +120,7 @@ async def serve(
                 app = S3Proxy(proxy_settings(config, backend), client)
                 await hypercorn_serve(
                     app,
-                    hypercorn_config(config, sock),
+                    hypercorn_config(config, sock, config.shutdown_timeout),
                     shutdown_trigger=shutdown_trigger,
                     task_status=task_status,
                 )
