@@ -185,3 +185,61 @@ def test_require_encrypted_is_a_flag_and_a_variable():
     ).require_encrypted
     env = {**BASE_ENV, "TRIOS3_REQUIRE_ENCRYPTED": "1"}
     assert config_from(["--backend", "http://x:1"], env).require_encrypted is True
+
+
+def test_a_key_file_holds_a_keyring_whose_first_key_is_primary(tmp_path):
+    from trios3.config import add_primary_key, load_keyring
+
+    path = tmp_path / "keys"
+    first_id = write_key_file(path)
+    assert load_keyring(str(path), {}).key_ids == (first_id,)
+    second_id = add_primary_key(path)
+    assert stat.S_IMODE(os.stat(path).st_mode) == 0o600
+    keyring = load_keyring(str(path), {})
+    assert keyring.primary.key_id == second_id
+    assert keyring.key_ids == (second_id, first_id)
+    # Comments and blank lines are ignored; the variable takes commas or spaces.
+    lines = path.read_text().split()
+    path.write_text(f"# rotated\n{lines[0]}  # new\n\n{lines[1]}\n")
+    assert load_keyring(str(path), {}).key_ids == (second_id, first_id)
+    from_env = load_keyring(None, {"TRIOS3_MASTER_KEY": f"{lines[0]}, {lines[1]}"})
+    assert from_env.key_ids == (second_id, first_id)
+
+
+@pytest.mark.parametrize(
+    ("text", "expected"),
+    [
+        ("", "no master key"),
+        ("# only a comment\n", "no master key"),
+        ("not-base64!\n", "key 1: master key is not valid base64"),
+        (f"{KEY}\n{KEY}\n", "listed twice"),
+        (base64.b64encode(b"short").decode(), "key 1: master key must be 32 bytes"),
+    ],
+)
+def test_bad_key_files_are_one_clear_line_that_never_shows_a_key(tmp_path, text, expected):
+    from trios3.config import load_keyring
+
+    path = tmp_path / "keys"
+    path.write_text(text)
+    with pytest.raises(ConfigError) as info:
+        load_keyring(str(path), {})
+    assert expected in str(info.value)
+    assert KEY not in str(info.value)
+
+
+def test_offline_tools_need_a_backend_and_keys(tmp_path):
+    env = {k: v for k, v in os.environ.items() if not k.startswith("TRIOS3_")}
+    for args, expected in (
+        (["inspect", "s3://b/k"], "--backend"),
+        (["rewrap", "s3://b", "--backend", "http://127.0.0.1:1"], "TRIOS3_BACKEND_ACCESS_KEY_ID"),
+        (["rewrap", "b/k", "--backend", "http://127.0.0.1:1"], "TRIOS3_BACKEND_ACCESS_KEY_ID"),
+    ):
+        result = subprocess.run(
+            [sys.executable, "-m", "trios3.cli", *args],
+            env=env,
+            capture_output=True,
+            text=True,
+            timeout=60,
+        )
+        assert (result.returncode, result.stderr.count("\n")) == (2, 1), result.stderr
+        assert expected in result.stderr

@@ -1,4 +1,4 @@
-"""The ``trios3`` command: ``serve`` and ``keygen``."""
+"""The ``trios3`` command: ``serve``, ``keygen``, ``rewrap`` and ``inspect``."""
 
 from __future__ import annotations
 
@@ -10,7 +10,15 @@ from pathlib import Path
 
 import trio
 
-from trios3.config import ConfigError, add_serve_options, build_config, write_key_file
+from trios3.config import (
+    ConfigError,
+    add_primary_key,
+    add_serve_options,
+    add_tool_options,
+    build_config,
+    tool_settings,
+    write_key_file,
+)
 from trios3.embedded import EmbeddedUnavailable, find_weed
 
 
@@ -26,6 +34,22 @@ def _parser() -> argparse.ArgumentParser:
     )
     keygen = commands.add_parser("keygen", help="write a new master key file (mode 0600)")
     keygen.add_argument("path", help="the key file to create")
+    keygen.add_argument(
+        "--rotate",
+        action="store_true",
+        help="add a new primary key at the top of an existing key file (old keys stay)",
+    )
+    rewrap = commands.add_parser(
+        "rewrap", help="move objects to the primary key by re-wrapping their data keys"
+    )
+    rewrap.add_argument("url", help="s3://BUCKET[/PREFIX] at the backend")
+    rewrap.add_argument("--dry-run", action="store_true", help="count, change nothing")
+    rewrap.add_argument("--start-after", help="resume after this key")
+    rewrap.add_argument("--max-objects", type=int, help="stop after this many objects")
+    add_tool_options(rewrap, os.environ)
+    inspect = commands.add_parser("inspect", help="show what trios3 sees of a stored object")
+    inspect.add_argument("url", help="s3://BUCKET/KEY at the backend")
+    add_tool_options(inspect, os.environ)
     return parser
 
 
@@ -56,11 +80,17 @@ def main(argv: list[str] | None = None) -> int:
     args = _parser().parse_args(argv)
     if args.command == "keygen":
         try:
-            write_key_file(Path(args.path))
+            if args.rotate:
+                key_id = add_primary_key(Path(args.path))
+                print(f"added a new primary master key {key_id} to {args.path}")
+            else:
+                key_id = write_key_file(Path(args.path))
+                print(f"wrote a new master key {key_id} to {args.path}")
         except ConfigError as exc:
             return _fail(str(exc))
-        print(f"wrote a new master key to {args.path}")
         return 0
+    if args.command in ("rewrap", "inspect"):
+        return _tool(args)
     if not isinstance(logging.getLevelName(args.log_level.upper()), int):
         return _fail(f"--log-level: expected DEBUG, INFO, WARNING or ERROR, got {args.log_level!r}")
     try:
@@ -94,6 +124,50 @@ def main(argv: list[str] | None = None) -> int:
             raise
         return _fail(f"cannot serve: {cause}")
     return 0
+
+
+def _tool(args: argparse.Namespace) -> int:
+    """``rewrap`` and ``inspect``: straight against the backend, nothing decrypted."""
+    from trios3 import maintenance
+    from trios3.backend import open_backend
+
+    try:
+        settings, keyring = tool_settings(args, os.environ)
+        bucket, key = maintenance.parse_s3_url(args.url)
+    except (ConfigError, ValueError) as exc:
+        return _fail(str(exc))
+    if args.command == "inspect" and not key:
+        return _fail("inspect needs s3://BUCKET/KEY")
+
+    async def run() -> int:
+        async with open_backend(settings) as backend:
+            if args.command == "inspect":
+                print("\n".join(await maintenance.inspect(backend, keyring, bucket, key)))
+                return 0
+            summary = await maintenance.rewrap(
+                backend,
+                keyring,
+                bucket,
+                key,
+                dry_run=args.dry_run,
+                start_after=args.start_after,
+                max_objects=args.max_objects,
+                progress=lambda s: maintenance.print_progress(s, args.dry_run),
+            )
+        print(file=sys.stderr)
+        print(("dry run: " if args.dry_run else "") + summary.line(args.dry_run))
+        for failed_key, reason in summary.failed:
+            print(f"failed: {failed_key}: {reason}")
+        if summary.last_key is not None:
+            print(f"last key: {summary.last_key} (resume with --start-after)")
+        return 1 if summary.failed else 0
+
+    try:
+        return trio.run(run)
+    except KeyboardInterrupt:
+        return 130
+    except Exception as exc:  # one line, as for serve
+        return _fail(f"{args.command}: {exc}")
 
 
 def _first_startup_error(error: BaseException) -> str | None:

@@ -16,6 +16,7 @@ from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from trios3.backend import BackendSettings
 from trios3.core.keys import Keyring, MasterKey
 
 
@@ -96,6 +97,40 @@ def add_serve_options(parser: argparse.ArgumentParser, environ: Mapping[str, str
         )
 
 
+TOOL_OPTIONS = ("backend", "backend-region", "key-file", "backend-timeout")
+
+
+def add_tool_options(parser: argparse.ArgumentParser, environ: Mapping[str, str]) -> None:
+    """The options of the offline tools (rewrap, inspect): a backend and the keys."""
+    for option in TOOL_OPTIONS:
+        default, help_text = OPTIONS[option]
+        variable = env_name(option)
+        parser.add_argument(
+            f"--{option}",
+            default=environ.get(variable, default),
+            help=f"{help_text} [{variable}; default {default}]",
+        )
+
+
+def tool_settings(
+    args: argparse.Namespace, environ: Mapping[str, str]
+) -> tuple[BackendSettings, Keyring]:
+    """The backend and keyring the offline tools work with; they need an explicit backend."""
+    if not args.backend or not re.match(r"^https?://[^/\s]+(/.*)?$", args.backend):
+        raise ConfigError(f"--backend: expected an http(s):// URL, got {args.backend!r}")
+    access = environ.get("TRIOS3_BACKEND_ACCESS_KEY_ID")
+    secret = environ.get("TRIOS3_BACKEND_SECRET_ACCESS_KEY")
+    if not (access and secret):
+        raise ConfigError(
+            "--backend needs TRIOS3_BACKEND_ACCESS_KEY_ID and TRIOS3_BACKEND_SECRET_ACCESS_KEY"
+        )
+    keyring = load_keyring(args.key_file, environ)
+    if keyring is None:
+        raise ConfigError("no master key: give --key-file FILE or TRIOS3_MASTER_KEY")
+    timeout = parse_seconds(args.backend_timeout, "backend-timeout")
+    return BackendSettings(args.backend, args.backend_region, access, secret, timeout), keyring
+
+
 _SIZE = re.compile(r"^\s*(\d+)\s*(|b|kib|mib|gib|kb|mb|gb|k|m|g)\s*$", re.IGNORECASE)
 _UNITS = {"": 1, "b": 1, "k": 1024, "kib": 1024, "kb": 1000, "m": 1024**2, "mib": 1024**2}
 _UNITS |= {"mb": 1000**2, "g": 1024**3, "gib": 1024**3, "gb": 1000**3}
@@ -145,7 +180,10 @@ def load_credentials(path: str | None, environ: Mapping[str, str]) -> dict[str, 
     return creds
 
 
-def load_master_key(key_file: str | None, environ: Mapping[str, str]) -> MasterKey | None:
+def load_keyring(key_file: str | None, environ: Mapping[str, str]) -> Keyring | None:
+    """The master keys from ``--key-file`` (one base64 key per line; blank lines and ``#``
+    comments ignored) or ``TRIOS3_MASTER_KEY`` (keys separated by commas or spaces). The
+    first key is the primary one, for new objects; the others keep decrypting older ones."""
     text = environ.get("TRIOS3_MASTER_KEY")
     source = "TRIOS3_MASTER_KEY"
     if key_file:
@@ -156,15 +194,26 @@ def load_master_key(key_file: str | None, environ: Mapping[str, str]) -> MasterK
         source = f"--key-file {key_file}"
     if text is None:
         return None
+    lines = [line.split("#", 1)[0] for line in text.splitlines()]
+    entries = [e for line in lines for e in line.replace(",", " ").split()]
+    if not entries:
+        raise ConfigError(f"{source}: no master key in it")
+    keys = []
+    for number, entry in enumerate(entries, start=1):
+        try:
+            keys.append(MasterKey.from_base64(entry))
+        except ValueError as exc:
+            raise ConfigError(f"{source}: key {number}: {exc}") from exc
     try:
-        return MasterKey.from_base64(text)
+        return Keyring(keys)
     except ValueError as exc:
         raise ConfigError(f"{source}: {exc}") from exc
 
 
-def write_key_file(path: Path) -> None:
-    """A new random master key, base64, readable by its owner only; never overwrites."""
-    key = base64.b64encode(MasterKey.generate()).decode()
+def write_key_file(path: Path) -> str:
+    """A new random master key, base64, readable by its owner only; never overwrites.
+    Returns the new key's id."""
+    raw = MasterKey.generate()
     try:
         fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
     except FileExistsError as exc:
@@ -172,10 +221,31 @@ def write_key_file(path: Path) -> None:
     except OSError as exc:
         raise ConfigError(f"cannot create {path}: {exc.strerror}") from exc
     with os.fdopen(fd, "w") as out:
-        out.write(key + "\n")
+        out.write(base64.b64encode(raw).decode() + "\n")
+    return MasterKey(raw).key_id
 
 
-def _embedded_defaults(data_dir: Path, key: MasterKey | None, creds: dict[str, str]):
+def add_primary_key(path: Path) -> str:
+    """Rotation: a new random key becomes the first (primary) line of an existing key file;
+    the keys already there stay, to keep decrypting. Replaced atomically, mode 0600."""
+    existing = load_keyring(str(path), {})
+    assert existing is not None
+    raw = MasterKey.generate()
+    text = base64.b64encode(raw).decode() + "\n" + path.read_text()
+    temporary = path.with_name(path.name + ".new")
+    try:
+        fd = os.open(temporary, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+    except OSError as exc:
+        raise ConfigError(f"cannot create {temporary}: {exc.strerror}") from exc
+    with os.fdopen(fd, "w") as out:
+        out.write(text)
+        out.flush()
+        os.fsync(out.fileno())
+    os.replace(temporary, path)
+    return MasterKey(raw).key_id
+
+
+def _embedded_defaults(data_dir: Path, key: Keyring | None, creds: dict[str, str]):
     """First run of the embedded mode: a key file and a client credential pair, kept."""
     generated = []
     data_dir.mkdir(parents=True, exist_ok=True)
@@ -184,7 +254,7 @@ def _embedded_defaults(data_dir: Path, key: MasterKey | None, creds: dict[str, s
         if not key_path.exists():
             write_key_file(key_path)
             generated.append(f"master key: {key_path}")
-        key = load_master_key(str(key_path), {})
+        key = load_keyring(str(key_path), {})
     if not creds:
         cred_path = data_dir / "credentials.toml"
         if not cred_path.exists():
@@ -229,7 +299,7 @@ def build_config(args: argparse.Namespace, environ: Mapping[str, str]) -> Config
     max_requests = str(args.max_requests)
     if not max_requests.isdigit() or int(max_requests) < 1:
         raise ConfigError(f"--max-requests: expected a positive number, got {max_requests!r}")
-    key = load_master_key(args.key_file, environ)
+    key = load_keyring(args.key_file, environ)
     creds = load_credentials(args.credentials, environ)
     data_dir = Path(args.data_dir)
     generated: tuple[str, ...] = ()
@@ -251,7 +321,7 @@ def build_config(args: argparse.Namespace, environ: Mapping[str, str]) -> Config
         backend_access_key=backend_access,
         backend_secret_key=backend_secret,
         credentials=creds,
-        keyring=Keyring([key]),
+        keyring=key,
         tls_cert=args.tls_cert,
         tls_key=args.tls_key,
         data_dir=data_dir,

@@ -14,8 +14,10 @@ Host header it receives), one request per connection (it adds ``Connection: clos
 - ``drop``: forward the request head and ``after`` request body bytes, then close both sides
   without an answer (the backend fails in the middle of an upload).
 
-A script acts once, on the first request that matches its method and path, and sets
-``triggered`` when it acts and ``closed`` when that connection is gone.
+A script acts once, on the first request that matches its method and path once it has let
+``skip`` matching requests through (a multipart GET reads one path several times: the n-th
+read is ``skip=n-1``), and sets ``triggered`` when it acts and ``closed`` when that connection
+is gone.
 """
 
 from __future__ import annotations
@@ -37,9 +39,11 @@ class Script:
     path: str
     action: Action
     after: int = 0
+    skip: int = 0  # matching requests to let through before acting
     triggered: trio.Event = field(default_factory=trio.Event)
     closed: trio.Event = field(default_factory=trio.Event)
     used: bool = False
+    matched: int = 0  # matching requests seen so far
 
 
 class FakeBackend:
@@ -57,8 +61,10 @@ class FakeBackend:
     def url(self) -> str:
         return f"http://127.0.0.1:{self.port}"
 
-    def script(self, method: str, path: str, action: Action, after: int = 0) -> Script:
-        script = Script(method, path, action, after)
+    def script(
+        self, method: str, path: str, action: Action, after: int = 0, skip: int = 0
+    ) -> Script:
+        script = Script(method, path, action, after, skip)
         self.scripts.append(script)
         return script
 
@@ -74,11 +80,16 @@ class FakeBackend:
         await self._idle.wait()
 
     def _match(self, method: str, path: str) -> Script | None:
+        """The script that acts on this request, if any: every waiting script counts it."""
+        chosen = None
         for script in self.scripts:
-            if not script.used and (script.method, script.path) == (method, path):
+            if script.used or (script.method, script.path) != (method, path):
+                continue
+            script.matched += 1
+            if chosen is None and script.matched > script.skip:
                 script.used = True
-                return script
-        return None
+                chosen = script
+        return chosen
 
     async def handle(self, client: trio.SocketStream) -> None:
         self.open_connections += 1

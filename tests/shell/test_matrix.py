@@ -1,18 +1,22 @@
 """Every way a request can end, for every operation that streams, through the real ASGI app.
 
 The matrix: operations {GET, ranged GET, PUT, copy of an encrypted source (server-side), copy
-of a foreign source (streamed GET -> encrypt -> PUT through the proxy, under a budget lease)}
+of a foreign source (streamed GET -> encrypt -> PUT through the proxy, under a budget lease),
+GET and ranged GET of a multipart object (the range crossing its part boundary), UploadPart}
 x exits {completes, client disconnects before the first body byte / after the first body
 message / mid-stream / while queued for the budget, backend error mid-stream, backend hangs,
 server shutdown}. After each exit: the budget is back to zero with no waiters, no backend
 connection is busy, the app call and every task it started have returned, the counters moved
-as they should, and a later PUT + GET through the same app still works.
+as they should, and a later PUT + GET through the same app still works. A write that did not
+complete stored nothing: no object, or for UploadPart no part in the backend upload (which
+then still takes the part and completes).
 
 The in-process harness (:class:`Call`) plays hypercorn's part as in ``test_cancellation``, and
 also owns the cancel scope the app runs in (a server shutdown cancels it) and closes the
 response channel when the app returns (a client reading sees the connection end). Backend
 failures come from :mod:`fake_backend`, which forwards to the real SeaweedFS and misbehaves on
-one scripted request. Real sockets everywhere, so the real clock under ``trio.fail_after``.
+one scripted request (for a multipart GET, which reads its object several times, on the read
+of the data window). Real sockets everywhere, so the real clock under ``trio.fail_after``.
 
 Cells that cannot occur are left out where they would be, with the reason.
 """
@@ -25,6 +29,7 @@ import uuid
 from collections.abc import AsyncIterator, Sequence
 from contextlib import AsyncExitStack, asynccontextmanager
 from dataclasses import dataclass
+from datetime import UTC, datetime
 from functools import partial
 from types import SimpleNamespace
 
@@ -35,6 +40,7 @@ from fake_backend import FakeBackend, fake_backend
 from hypercorn.trio import serve as hypercorn_serve
 from test_cancellation import (
     ACCESS_KEY,
+    HOST,
     PIECE,
     REGION,
     SECRET_KEY,
@@ -48,8 +54,10 @@ from test_cancellation import (
 from trios3.app import ProxySettings, S3Proxy
 from trios3.backend import Backend, BackendSettings, open_backend
 from trios3.core import format as fmt
+from trios3.core import multipart as mp
 from trios3.core import sigv4
 from trios3.core.keys import Keyring, MasterKey
+from trios3.core.s3xml import parse_initiate_result, parse_list_parts
 from trios3.ops.objects import stream_window
 from trios3.serve import hypercorn_config, listening_socket
 
@@ -60,8 +68,25 @@ SIZE = 2 * 1024 * 1024  # 16 body messages of one 128 KiB segment each
 SEGMENT = fmt.DEFAULT_SEGMENT_SIZE
 WINDOW = stream_window(SEGMENT)
 RANGE = (200_000, 1_500_000)
-OPS = ["get", "range", "put", "copy_encrypted", "copy_foreign"]
-STREAMED_GETS = ["get", "range"]
+MiB = 1024 * 1024
+PARTS = (5 * MiB, 1 * MiB)  # the multipart object's part sizes
+MULTIPART_RANGE = (4_000_000, 6_000_000)  # crosses the part boundary at 5 MiB
+# A multipart GET reads its object DATA_WINDOW times before the data window: a first window
+# (which shows the format), then the first and the last part's headers (docs/FORMAT.md).
+DATA_WINDOW = 3
+OPS = [
+    "get",
+    "range",
+    "put",
+    "copy_encrypted",
+    "copy_foreign",
+    "get_multipart",
+    "range_multipart",
+    "upload_part",
+]
+MULTIPART_GETS = ["get_multipart", "range_multipart"]
+STREAMED_GETS = ["get", "range", *MULTIPART_GETS]
+UPLOADS = ["put", "upload_part"]  # the ops whose client sends a body
 
 
 # -- the harness ------------------------------------------------------------------------------
@@ -95,12 +120,36 @@ class Call(AsgiCall):
                 finished = not frame.get("more_body", False)
 
 
+def signed_query_headers(
+    method: str,
+    path: str,
+    query: Sequence[tuple[str, str]],
+    headers: Sequence[tuple[str, str]] = (),
+    payload_hash: str = sigv4.EMPTY_SHA256,
+) -> list[tuple[str, str]]:
+    """``signed_headers`` for a request with a query string."""
+    out = [("host", HOST), *headers]
+    out += sigv4.sign_request(
+        method, path, query, out, payload_hash, ACCESS_KEY, SECRET_KEY, REGION, datetime.now(UTC)
+    )
+    return out
+
+
 @asynccontextmanager
 async def open_call(
-    app, method: str, path: str, headers: Sequence[tuple[str, str]] = (), **sign
+    app,
+    method: str,
+    path: str,
+    headers: Sequence[tuple[str, str]] = (),
+    query: Sequence[tuple[str, str]] = (),
+    **sign,
 ) -> AsyncIterator[Call]:
     """Run ``app`` for one request; leaving the block waits (bounded) for it to return."""
-    scope = http_scope(method, path, signed_headers(method, path, headers, **sign))
+    if query:
+        scope = http_scope(method, path, signed_query_headers(method, path, query, headers, **sign))
+        scope["query_string"] = sigv4.canonical_query_string(query).encode("ascii")
+    else:
+        scope = http_scope(method, path, signed_headers(method, path, headers, **sign))
     call = Call()
 
     async def app_call() -> None:
@@ -135,6 +184,22 @@ def live_tasks() -> list[str]:
 # -- requests and checks ----------------------------------------------------------------------
 
 
+@dataclass(frozen=True)
+class Upload:
+    """A multipart upload created through the proxy."""
+
+    bucket: str
+    key: str
+    upload_id: str  # the proxy's UploadId
+
+    @property
+    def path(self) -> str:
+        return f"/{self.bucket}/{self.key}"
+
+    def part_query(self, number: int) -> list[tuple[str, str]]:
+        return [("partNumber", str(number)), ("uploadId", self.upload_id)]
+
+
 @dataclass
 class Objects:
     bucket: str
@@ -142,6 +207,9 @@ class Objects:
     foreign: str  # put straight into SeaweedFS
     data: bytes
     foreign_data: bytes
+    multipart: str  # uploaded in PARTS through the proxy (shared by the module's tests)
+    multipart_data: bytes
+    upload: Upload  # open, no parts yet: where an UploadPart puts its part 1 (``data``)
 
 
 def request_for(op: str, objects: Objects, target: str) -> tuple[str, str, list, dict]:
@@ -157,9 +225,18 @@ def request_for(op: str, objects: Objects, target: str) -> tuple[str, str, list,
             [("range", f"bytes={RANGE[0]}-{RANGE[1]}")],
             {},
         )
+    if op == "get_multipart":
+        return "GET", f"/{bucket}/{objects.multipart}", [], {}
+    if op == "range_multipart":
+        first, last = MULTIPART_RANGE
+        return "GET", f"/{bucket}/{objects.multipart}", [("range", f"bytes={first}-{last}")], {}
     if op == "put":
         headers = [("content-length", str(SIZE))]
         return "PUT", f"/{bucket}/{target}", headers, {"payload_hash": sigv4.UNSIGNED_PAYLOAD}
+    if op == "upload_part":
+        headers = [("content-length", str(SIZE))]
+        sign = {"payload_hash": sigv4.UNSIGNED_PAYLOAD, "query": objects.upload.part_query(1)}
+        return "PUT", objects.upload.path, headers, sign
     source = objects.encrypted if op == "copy_encrypted" else objects.foreign
     return "PUT", f"/{bucket}/{target}", [("x-amz-copy-source", f"/{bucket}/{source}")], {}
 
@@ -167,7 +244,30 @@ def request_for(op: str, objects: Objects, target: str) -> tuple[str, str, list,
 def expected_body(op: str, objects: Objects) -> bytes:
     if op == "range":
         return objects.data[RANGE[0] : RANGE[1] + 1]
+    if op == "get_multipart":
+        return objects.multipart_data
+    if op == "range_multipart":
+        return objects.multipart_data[MULTIPART_RANGE[0] : MULTIPART_RANGE[1] + 1]
     return objects.foreign_data if op == "copy_foreign" else objects.data
+
+
+def get_status(op: str) -> int:
+    return 206 if op in ("range", "range_multipart") else 200
+
+
+def backend_request(op: str, objects: Objects, target: str) -> tuple[str, str, int]:
+    """(method, path, matching requests to let through first) of the backend request whose
+    failure a cell is about: the streamed source read, or the upload."""
+    bucket = objects.bucket
+    if op in ("get", "range"):
+        return "GET", f"/{bucket}/{objects.encrypted}", 0
+    if op in MULTIPART_GETS:
+        return "GET", f"/{bucket}/{objects.multipart}", DATA_WINDOW
+    if op == "copy_foreign":
+        return "GET", f"/{bucket}/{objects.foreign}", 0
+    if op == "upload_part":
+        return "PUT", objects.upload.path, 0
+    return "PUT", f"/{bucket}/{target}", 0  # put, copy_encrypted
 
 
 async def stored_status(backend: Backend, bucket: str, key: str) -> int:
@@ -198,6 +298,102 @@ async def simple_get(app, bucket: str, key: str) -> tuple[int, bytes]:
     return start["status"], body
 
 
+# -- multipart uploads through the app --------------------------------------------------------
+
+
+async def create_upload(app, bucket: str, key: str) -> Upload:
+    async with open_call(app, "POST", f"/{bucket}/{key}", query=[("uploads", "")]) as call:
+        await call.send_body(b"", more=False)
+        start, body, finished = await call.read_until_closed()
+    assert (start["status"], finished) == (200, True), body
+    return Upload(bucket, key, parse_initiate_result(body))
+
+
+async def put_part(app, upload: Upload, number: int, data: bytes) -> str:
+    """UploadPart; the part's ETag."""
+    headers = [("content-length", str(len(data)))]
+    async with (
+        open_call(
+            app,
+            "PUT",
+            upload.path,
+            headers,
+            query=upload.part_query(number),
+            payload_hash=sigv4.UNSIGNED_PAYLOAD,
+        ) as call,
+        trio.open_nursery() as nursery,
+    ):
+        nursery.start_soon(feed, call, data, None)
+        start, body, finished = await call.read_until_closed()
+    assert (start["status"], finished) == (200, True), body
+    return part_etag(start)
+
+
+def part_etag(start: dict) -> str:
+    return dict(start["headers"])[b"etag"].decode("latin-1")
+
+
+async def complete_upload(app, upload: Upload, etags: Sequence[str]) -> None:
+    """CompleteMultipartUpload of parts 1..N with these ETags."""
+    document = "<CompleteMultipartUpload>"
+    for number, etag in enumerate(etags, start=1):
+        document += f"<Part><PartNumber>{number}</PartNumber><ETag>{etag}</ETag></Part>"
+    document = (document + "</CompleteMultipartUpload>").encode()
+    headers = [("content-length", str(len(document)))]
+    async with open_call(
+        app,
+        "POST",
+        upload.path,
+        headers,
+        query=[("uploadId", upload.upload_id)],
+        payload_hash=sigv4.UNSIGNED_PAYLOAD,
+    ) as call:
+        await call.send_body(document, more=False)
+        start, body, finished = await call.read_until_closed()
+    assert (start["status"], finished) == (200, True), body
+    assert b"<CompleteMultipartUploadResult" in body, body
+
+
+async def backend_parts(backend: Backend, upload: Upload) -> list[int]:
+    """The part numbers the backend upload holds, from SeaweedFS's own ListParts."""
+    backend_id = mp.UploadToken.decode(upload.upload_id).backend_upload_id
+    response, data = await backend.request(
+        "GET", upload.bucket, upload.key, query=[("uploadId", backend_id)], max_body=MiB
+    )
+    assert response.status_code == 200, data
+    parts, _ = parse_list_parts(data)
+    return [number for number, _, _ in parts]
+
+
+async def assert_stored(app: S3Proxy, backend: Backend, objects: Objects, op, target, start):
+    """What a write that completed stored reads back through the app (an UploadPart's part
+    once the upload is completed with it)."""
+    if op == "upload_part":
+        assert await backend_parts(backend, objects.upload) == [1]
+        with trio.fail_after(30):
+            await complete_upload(app, objects.upload, [part_etag(start)])
+        key = objects.upload.key
+    else:
+        key = target
+    assert await simple_get(app, objects.bucket, key) == (200, expected_body(op, objects))
+
+
+async def assert_not_stored(app: S3Proxy, backend: Backend, objects: Objects, op, target) -> None:
+    """A write that did not complete stored nothing. For UploadPart: the backend upload holds
+    no part, and still takes one and completes through the app."""
+    if op in STREAMED_GETS:
+        return
+    if op != "upload_part":
+        assert await stored_status(backend, objects.bucket, target) == 404
+        return
+    upload = objects.upload
+    assert await backend_parts(backend, upload) == []
+    with trio.fail_after(30):
+        etag = await put_part(app, upload, 1, objects.data)
+        await complete_upload(app, upload, [etag])
+        assert await simple_get(app, upload.bucket, upload.key) == (200, objects.data)
+
+
 async def feed(call: Call, data: bytes, pieces: int | None) -> None:
     """Send ``data`` as a request body, or only its first ``pieces`` pieces (then wait)."""
     chunks = [data[i : i + PIECE] for i in range(0, len(data), PIECE)] or [b""]
@@ -214,7 +410,7 @@ async def run_to_end(app, op: str, objects: Objects, target: str):
             open_call(app, method, path, headers, **sign) as call,
             trio.open_nursery() as nursery,
         ):
-            nursery.start_soon(feed, call, objects.data if op == "put" else b"", None)
+            nursery.start_soon(feed, call, objects.data if op in UPLOADS else b"", None)
             start, body, finished = await call.read_until_closed()
             nursery.cancel_scope.cancel()
     return call, start, body, finished
@@ -257,10 +453,36 @@ def bucket(seaweedfs):
     name = "matrix-" + uuid.uuid4().hex[:12]
     client.create_bucket(Bucket=name)
     yield name
+    for page in client.get_paginator("list_multipart_uploads").paginate(Bucket=name):
+        for item in page.get("Uploads", []):
+            client.abort_multipart_upload(Bucket=name, Key=item["Key"], UploadId=item["UploadId"])
     for page in client.get_paginator("list_objects_v2").paginate(Bucket=name):
         for item in page.get("Contents", []):
             client.delete_object(Bucket=name, Key=item["Key"])
     client.delete_bucket(Bucket=name)
+
+
+@pytest.fixture(scope="module")
+def multipart_object(seaweedfs, bucket) -> tuple[str, bytes]:
+    """An object uploaded through the proxy in PARTS, once for the module (GETs only read it):
+    (key, plaintext)."""
+    key = "multipart-" + uuid.uuid4().hex[:8]
+    data = os.urandom(sum(PARTS))
+    settings = BackendSettings(seaweedfs.url, REGION, seaweedfs.access_key, seaweedfs.secret_key)
+
+    async def upload() -> None:
+        async with open_backend(settings) as backend:
+            app = proxy(backend)
+            with trio.fail_after(60):
+                upload = await create_upload(app, bucket, key)
+                etags, offset = [], 0
+                for number, size in enumerate(PARTS, start=1):
+                    etags.append(await put_part(app, upload, number, data[offset : offset + size]))
+                    offset += size
+                await complete_upload(app, upload, etags)
+
+    trio.run(upload)
+    return key, data
 
 
 @pytest.fixture
@@ -314,15 +536,20 @@ async def make_fake_app(fake, seaweedfs):
 
 
 @pytest.fixture
-async def objects(backend, bucket) -> Objects:
-    """An encrypted and a foreign source object of SIZE bytes, fresh for each test."""
+async def objects(backend, bucket, multipart_object) -> Objects:
+    """An encrypted and a foreign source object of SIZE bytes and an open multipart upload,
+    fresh for each test, and the module's multipart object."""
     tag = uuid.uuid4().hex[:8]
     data, foreign_data = os.urandom(SIZE), os.urandom(SIZE)
+    app = proxy(backend)
     with trio.fail_after(30):
-        assert await simple_put(proxy(backend), bucket, "enc-" + tag, data) == 200
+        assert await simple_put(app, bucket, "enc-" + tag, data) == 200
         response, _ = await backend.request("PUT", bucket, "foreign-" + tag, body=foreign_data)
+        upload = await create_upload(app, bucket, "upload-" + tag)
     assert response.status_code == 200
-    return Objects(bucket, "enc-" + tag, "foreign-" + tag, data, foreign_data)
+    return Objects(
+        bucket, "enc-" + tag, "foreign-" + tag, data, foreign_data, *multipart_object, upload
+    )
 
 
 # -- exit: completes --------------------------------------------------------------------------
@@ -335,22 +562,23 @@ async def test_completes(make_app, backend, objects, op):
     call, start, body, finished = await run_to_end(app, op, objects, target)
     assert finished
     if op in STREAMED_GETS:
-        assert start["status"] == (206 if op == "range" else 200)
+        assert start["status"] == get_status(op)
         assert body == expected_body(op, objects)
     else:
         assert start["status"] == 200, body
-        assert await simple_get(app, objects.bucket, target) == (200, expected_body(op, objects))
     assert (app.stats.disconnects, app.stats.backend_failures) == (0, 0)
     await assert_settled(app, call)
+    if op not in STREAMED_GETS:
+        await assert_stored(app, backend, objects, op, target, start)
     await assert_still_works(app, objects.bucket)
 
 
 # -- exit: the client disconnects -------------------------------------------------------------
 #
-# For a GET the points are counted in response body messages. For a PUT they are counted in
-# request body messages (its response is one message after the upload). A copy has no body
-# either way and answers in one message when it is done: for the encrypted source (one
-# server-side backend request) the only point is "before the answer", taken while the
+# For a GET the points are counted in response body messages. For a PUT or an UploadPart they
+# are counted in request body messages (its response is one message after the upload). A copy
+# has no body either way and answers in one message when it is done: for the encrypted source
+# (one server-side backend request) the only point is "before the answer", taken while the
 # backend copy request is in flight; for the foreign source the points are taken in its
 # internal stream instead (the source GET paused by the fake after 0 bytes, one piece, and
 # half the object, by which time the encrypting backend PUT is under way).
@@ -359,20 +587,20 @@ POINTS = {"before_first_byte": 0, "after_first_message": 1, "mid_stream": 6}
 
 
 @pytest.mark.parametrize("point", POINTS)
-@pytest.mark.parametrize("op", ["get", "range", "put"])
+@pytest.mark.parametrize("op", [*STREAMED_GETS, *UPLOADS])
 async def test_client_disconnects(make_app, backend, objects, op, point):
     app = make_app()
     target = "cut-" + uuid.uuid4().hex[:8]
     method, path, headers, sign = request_for(op, objects, target)
     async with open_call(app, method, path, headers, **sign) as call:
         with trio.fail_after(30):
-            if op == "put":
+            if op in UPLOADS:
                 await feed(call, objects.data, POINTS[point])
                 await trio.testing.wait_all_tasks_blocked()
             else:
                 await call.send_body(b"", more=False)
                 start = await call.receive_frame()
-                assert start["status"] == (206 if op == "range" else 200)
+                assert start["status"] == get_status(op)
                 received = b""
                 for _ in range(POINTS[point]):
                     frame = await call.receive_frame()
@@ -383,8 +611,27 @@ async def test_client_disconnects(make_app, backend, objects, op, point):
     assert call.sends_after_disconnect <= 4  # cancelled, not streamed on into the void
     assert (app.stats.disconnects, app.stats.backend_failures) == (1, 0)
     await assert_settled(app, call)
-    if op == "put":
-        assert await stored_status(backend, objects.bucket, target) == 404
+    await assert_not_stored(app, backend, objects, op, target)
+    await assert_still_works(app, objects.bucket)
+
+
+async def test_client_disconnects_while_multipart_layout_is_read(make_fake_app, fake, objects):
+    """Before the status line of a multipart GET: its first part-header read is held by the
+    fake when the client goes."""
+    app = await make_fake_app()
+    header = fake.script("GET", f"/{objects.bucket}/{objects.multipart}", "hang", skip=1)
+    method, path, headers, sign = request_for("get_multipart", objects, "")
+    async with open_call(app, method, path, headers, **sign) as call:
+        await call.send_body(b"", more=False)
+        with trio.fail_after(10):
+            await header.triggered.wait()
+        assert app.budget.in_use == WINDOW
+        call.disconnect()
+    with trio.fail_after(5):
+        await header.closed.wait()
+    assert (app.stats.disconnects, app.stats.backend_failures) == (1, 0)
+    await assert_settled(app, call)
+    await fake_settled(fake)
     await assert_still_works(app, objects.bucket)
 
 
@@ -442,25 +689,32 @@ async def test_client_disconnects_during_foreign_copy(make_fake_app, fake, backe
 # its cell is that it completes while the budget is spent.
 
 
-@pytest.mark.parametrize("op", ["get", "range", "put", "copy_foreign"])
-async def test_client_disconnects_while_queued(make_app, objects, op):
+@pytest.mark.parametrize("op", [*STREAMED_GETS, *UPLOADS, "copy_foreign"])
+async def test_client_disconnects_while_queued(make_app, backend, objects, op):
     app = make_app(memory_budget=WINDOW, admission_timeout=30)
     target = "queued-" + uuid.uuid4().hex[:8]
     method, path, headers, sign = request_for(op, objects, target)
     async with app.budget.lease(WINDOW):
         async with open_call(app, method, path, headers, **sign) as call:
-            if op != "put":
+            if op not in UPLOADS:
                 await call.send_body(b"", more=False)
             with trio.fail_after(10):
-                # A copy asks the backend first; the budget has no event to wait on.
-                while app.budget.stats.waiting != 1:  # noqa: ASYNC110
-                    await trio.sleep(0.005)
+                if op in (*MULTIPART_GETS, "upload_part"):
+                    # Admission comes before any backend request.
+                    await trio.testing.wait_all_tasks_blocked()
+                else:
+                    # A copy asks the backend first; the budget has no event to wait on.
+                    while app.budget.stats.waiting != 1:  # noqa: ASYNC110
+                        await trio.sleep(0.005)
+            assert app.budget.stats.waiting == 1
             call.disconnect()
         assert app.budget.stats.waiting == 0
         assert app.budget.in_use == WINDOW  # only the test's own lease
         assert app.budget.stats.cancelled_while_waiting == 1
     assert (app.stats.disconnects, app.stats.backend_failures) == (1, 0)
     await assert_settled(app, call)
+    if op == "upload_part":
+        await assert_not_stored(app, backend, objects, op, target)
     await assert_still_works(app, objects.bucket)
 
 
@@ -482,35 +736,76 @@ async def test_encrypted_copy_needs_no_budget(make_app, objects):
 # -- exit: the backend fails mid-stream -------------------------------------------------------
 #
 # GET: the response has started (the first segment was decrypted before the status line), so
-# the body is cut short. PUT: the backend drops the upload; copy of a foreign source: the
-# source GET is cut; both answer 503. A copy of an encrypted source streams nothing: its
-# cell is the backend dropping the server-side copy request.
+# the body is cut short (a multipart GET: its data window is cut; a cut before it, while the
+# layout is read, is a 503). PUT, UploadPart: the backend drops the upload; copy of a foreign
+# source: the source GET is cut; all answer 503. A copy of an encrypted source streams
+# nothing: its cell is the backend dropping the server-side copy request.
 
 BACKEND_CUT = 300 * 1024
+
+
+def backend_cut(op: str) -> int:
+    """How many bytes of the backend's response (or of the upload) the fake lets through."""
+    if op == "range_multipart":
+        # Past the part boundary: the end of part 1, part 2's header and its first segment.
+        unit = SEGMENT + fmt.TAG_SIZE
+        window_start = mp.PART_HEADER_SIZE + MULTIPART_RANGE[0] // SEGMENT * unit
+        boundary = mp.part_stored_size(PARTS[0], SEGMENT)
+        return boundary - window_start + mp.PART_HEADER_SIZE + unit + 1000
+    return BACKEND_CUT
+
+
+def assert_cut_short(op: str, objects: Objects, body: bytes) -> None:
+    """A GET whose backend response ended at ``backend_cut(op)``: a prefix of the plaintext;
+    for a multipart GET exactly every segment that came whole before the cut (a failed
+    segment releases no byte, a good one is not lost)."""
+    expected = expected_body(op, objects)
+    assert 0 < len(body) < len(expected)
+    assert body == expected[: len(body)]
+    if op == "get_multipart":  # the window starts with part 1's header
+        whole = (backend_cut(op) - mp.PART_HEADER_SIZE) // (SEGMENT + fmt.TAG_SIZE)
+        assert len(body) == whole * SEGMENT
+    elif op == "range_multipart":  # the rest of part 1, and part 2's first segment
+        assert len(body) == PARTS[0] - MULTIPART_RANGE[0] + SEGMENT
 
 
 @pytest.mark.parametrize("op", OPS)
 async def test_backend_fails_mid_stream(make_fake_app, fake, backend, objects, op):
     app = await make_fake_app()
     target = "broken-" + uuid.uuid4().hex[:8]
-    source = objects.foreign if op == "copy_foreign" else objects.encrypted
-    if op in STREAMED_GETS or op == "copy_foreign":
-        script = fake.script("GET", f"/{objects.bucket}/{source}", "cut", BACKEND_CUT)
-    elif op == "put":
-        script = fake.script("PUT", f"/{objects.bucket}/{target}", "drop", BACKEND_CUT)
+    method_, path_, skip = backend_request(op, objects, target)
+    if op in UPLOADS:
+        script = fake.script(method_, path_, "drop", backend_cut(op), skip)
+    elif op == "copy_encrypted":
+        script = fake.script(method_, path_, "close", skip=skip)
     else:
-        script = fake.script("PUT", f"/{objects.bucket}/{target}", "close")
+        script = fake.script(method_, path_, "cut", backend_cut(op), skip)
     call, start, body, finished = await run_to_end(app, op, objects, target)
     assert script.triggered.is_set()
+    if op in MULTIPART_GETS:
+        assert fake.seen.count((method_, path_)) == DATA_WINDOW + 1
     if op in STREAMED_GETS:
-        assert start["status"] == (206 if op == "range" else 200)
+        assert start["status"] == get_status(op)
         assert not finished
-        assert 0 < len(body) < len(expected_body(op, objects))
-        assert body == expected_body(op, objects)[: len(body)]
+        assert_cut_short(op, objects, body)
     else:
         assert (start["status"], finished) == (503, True)
         assert b"<Code>ServiceUnavailable</Code>" in body
-        assert await stored_status(backend, objects.bucket, target) == 404
+    await assert_settled(app, call)
+    await fake_settled(fake)
+    await assert_not_stored(app, backend, objects, op, target)
+    await assert_still_works(app, objects.bucket)
+    assert (app.stats.disconnects, app.stats.backend_failures) == (0, 1)
+
+
+async def test_backend_fails_while_multipart_layout_is_read(make_fake_app, fake, objects):
+    """Before the status line of a multipart GET: the first part-header read is cut."""
+    app = await make_fake_app()
+    script = fake.script("GET", f"/{objects.bucket}/{objects.multipart}", "cut", 10, skip=1)
+    call, start, body, finished = await run_to_end(app, "get_multipart", objects, "")
+    assert script.triggered.is_set()
+    assert (start["status"], finished) == (503, True)
+    assert b"<Code>ServiceUnavailable</Code>" in body
     await assert_settled(app, call)
     await fake_settled(fake)
     await assert_still_works(app, objects.bucket)
@@ -519,46 +814,50 @@ async def test_backend_fails_mid_stream(make_fake_app, fake, backend, objects, o
 
 # -- exit: the backend hangs ------------------------------------------------------------------
 #
-# "before": the backend never answers the request (for a PUT: never reads the upload nor
-# answers it). "mid_body": it sends the status line and part of the body, then nothing (only
-# for requests whose response body is streamed). The app's backend silence timeout ends it.
+# "before": the backend never answers the request (for a PUT or an UploadPart: never reads the
+# upload nor answers it; for a multipart GET: its data window). "mid_body": it sends the status
+# line and part of the body, then nothing (only for requests whose response body is streamed).
+# "header": a multipart GET's first part-header read is never answered. The app's backend
+# silence timeout ends it.
 
 SILENCE = 0.5
 
 
 @pytest.mark.parametrize(
     ("op", "when"),
-    [(op, "before") for op in OPS] + [(op, "mid_body") for op in (*STREAMED_GETS, "copy_foreign")],
+    [(op, "before") for op in OPS]
+    + [(op, "mid_body") for op in (*STREAMED_GETS, "copy_foreign")]
+    + [("get_multipart", "header")],
 )
 async def test_backend_hangs(make_fake_app, fake, backend, objects, op, when):
     app = await make_fake_app(silence=SILENCE)
     target = "hung-" + uuid.uuid4().hex[:8]
-    source = objects.foreign if op == "copy_foreign" else objects.encrypted
-    if op in STREAMED_GETS or op == "copy_foreign":
-        method_, path_ = "GET", f"/{objects.bucket}/{source}"
-    else:
-        method_, path_ = "PUT", f"/{objects.bucket}/{target}"
+    method_, path_, skip = backend_request(op, objects, target)
     if when == "before":
-        script = fake.script(method_, path_, "hang")
+        script = fake.script(method_, path_, "hang", skip=skip)
+    elif when == "header":
+        script = fake.script(method_, path_, "hang", skip=1)
     else:
-        script = fake.script(method_, path_, "stall", BACKEND_CUT)
+        script = fake.script(method_, path_, "stall", backend_cut(op), skip)
     began = trio.current_time()
     call, start, body, finished = await run_to_end(app, op, objects, target)
     assert trio.current_time() - began >= SILENCE
     assert script.triggered.is_set()
     if op in STREAMED_GETS and when == "mid_body":
-        assert start["status"] == (206 if op == "range" else 200)
+        assert start["status"] == get_status(op)
         assert not finished
-        assert body == expected_body(op, objects)[: len(body)]
+        if op in MULTIPART_GETS:
+            assert_cut_short(op, objects, body)
+        else:
+            assert body == expected_body(op, objects)[: len(body)]
     else:
         assert (start["status"], finished) == (503, True)
         assert b"<Code>ServiceUnavailable</Code>" in body
-        if op != "get" and op != "range":
-            assert await stored_status(backend, objects.bucket, target) == 404
     with trio.fail_after(5):
         await script.closed.wait()
     await assert_settled(app, call)
     await fake_settled(fake)
+    await assert_not_stored(app, backend, objects, op, target)
     await assert_still_works(app, objects.bucket)
     assert (app.stats.disconnects, app.stats.backend_failures) == (0, 1)
 
@@ -566,8 +865,8 @@ async def test_backend_hangs(make_fake_app, fake, backend, objects, op, when):
 # -- exit: the server shuts down --------------------------------------------------------------
 #
 # The scope running the app call is cancelled, as hypercorn's nursery is when serving ends:
-# a GET after its first body message, a PUT after a few body messages, a copy while its
-# backend request is in flight (held there by the fake).
+# a GET after its first body message, a PUT or an UploadPart after a few body messages, a copy
+# while its backend request is in flight (held there by the fake).
 
 
 @pytest.mark.parametrize("op", OPS)
@@ -582,8 +881,10 @@ async def test_server_shutdown(make_fake_app, fake, backend, objects, op):
         script = fake.script("GET", f"/{objects.bucket}/{objects.foreign}", "stall", SIZE // 2)
     async with open_call(app, method, path, headers, **sign) as call:
         with trio.fail_after(10):
-            if op == "put":
+            if op in UPLOADS:
                 await feed(call, objects.data, 6)
+                # The upload to the backend is under way.
+                await fake.arrived(*backend_request(op, objects, target)[:2])
                 await trio.testing.wait_all_tasks_blocked()
             else:
                 await call.send_body(b"", more=False)
@@ -598,8 +899,7 @@ async def test_server_shutdown(make_fake_app, fake, backend, objects, op):
     assert (app.stats.disconnects, app.stats.backend_failures) == (0, 0)
     await assert_settled(app, call)
     await fake_settled(fake)
-    if op not in STREAMED_GETS:
-        assert await stored_status(backend, objects.bucket, target) == 404
+    await assert_not_stored(app, backend, objects, op, target)
     await assert_still_works(app, objects.bucket)
 
 

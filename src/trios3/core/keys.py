@@ -209,6 +209,10 @@ class Keyring:
     def primary(self) -> WrappingKey:
         return self._primary
 
+    @property
+    def key_ids(self) -> tuple[str, ...]:
+        return tuple(self._keys)
+
     def _wrap(
         self, data_key: bytes, version: int, segment_size: int, bucket: str, key: str, *extra: str
     ) -> Envelope:

@@ -143,6 +143,23 @@ def rewrite_listing(
     return _serialize(root, default_namespace=namespace or None)
 
 
+def parse_list_objects(body: bytes) -> tuple[list[str], str | None]:
+    """The keys of a backend ``ListObjectsV2`` page and its next continuation token."""
+    root = _parse(body)
+    if root is None or _local(root) != "ListBucketResult":
+        raise S3Error("InternalError", "The backend sent an unreadable listing.")
+    keys = []
+    for entry in root:
+        if _local(entry) == "Contents":
+            key = _text(entry, "Key")
+            if key is None:
+                raise S3Error("InternalError", "The backend listing has an entry without a Key.")
+            keys.append(key)
+    truncated = (_text(root, "IsTruncated") or "").strip().lower() == "true"
+    token = _text(root, "NextContinuationToken") if truncated else None
+    return keys, token or None
+
+
 # -- small result documents ---------------------------------------------------------------------
 
 

@@ -574,14 +574,7 @@ async def copy_object(ex: Exchange) -> None:
                 "without changing the object's metadata, storage class, website redirect "
                 "location or encryption attributes.",
             )
-        described = [
-            (n, v) for n, v in source.items() if n in hdr.UPLOAD_HEADERS or n == "content-encoding"
-        ]
-        meta = [
-            (n, v)
-            for n, v in source.items()
-            if n.startswith("x-amz-meta-") and not n.startswith(hdr.RESERVED_META)
-        ]
+        described, meta = described_by(source)
         for name in ("x-amz-storage-class", "x-amz-tagging", "x-amz-acl"):
             if name in ex.headers:
                 described = [(n, v) for n, v in described if n != name]
@@ -595,7 +588,9 @@ async def copy_object(ex: Exchange) -> None:
     rewrapped = ex.services.keyring.rewrap(envelope, src_bucket, src_key, ex.bucket, ex.key)
     headers = described + meta + list(rewrapped.to_metadata().items())
     if envelope.version == mp.VERSION:
-        etag = await _copy_multipart(ex, copied, headers)
+        etag = await copy_multipart(
+            ex.services.backend, copied.stored, envelope.segment_size, ex.bucket, ex.key, headers
+        )
         last_modified = datetime.now(UTC).strftime("%Y-%m-%dT%H:%M:%S.000Z")
         out = [("content-type", "application/xml")]
         if version:
@@ -603,7 +598,7 @@ async def copy_object(ex: Exchange) -> None:
         await ex.respond.whole(200, out, render_copy_object_result(etag, last_modified))
         return
     headers += [
-        ("x-amz-copy-source", _copy_source_header(copied.stored)),
+        ("x-amz-copy-source", copy_source_header(copied.stored)),
         ("x-amz-metadata-directive", "REPLACE"),
         # The source must still be the one whose data key was just re-wrapped.
         ("x-amz-copy-source-if-match", copied.stored.etag),
@@ -671,10 +666,24 @@ async def _copy_foreign(
     )
 
 
+def described_by(source: httpx.Headers) -> tuple[list[tuple[str, str]], list[tuple[str, str]]]:
+    """What a copy with the COPY directive carries over from its source's HEAD: the headers
+    that describe the object, and the user metadata (never the proxy's own)."""
+    described = [
+        (n, v) for n, v in source.items() if n in hdr.UPLOAD_HEADERS or n == "content-encoding"
+    ]
+    meta = [
+        (n, v)
+        for n, v in source.items()
+        if n.startswith("x-amz-meta-") and not n.startswith(hdr.RESERVED_META)
+    ]
+    return described, meta
+
+
 COPY_PARALLEL = 4  # server-side part copies in flight for one multipart copy
 
 
-def _copy_source_header(stored: reads.StoredObject) -> str:
+def copy_source_header(stored: reads.StoredObject) -> str:
     value = "/" + uri_encode(stored.bucket) + "/" + uri_encode(stored.key, encode_slash=False)
     for name, version in stored.query:
         if name == "versionId":
@@ -682,16 +691,21 @@ def _copy_source_header(stored: reads.StoredObject) -> str:
     return value
 
 
-async def _copy_multipart(ex: Exchange, copied: CopySource, headers: list[tuple[str, str]]) -> str:
-    """Copy a multipart object server-side, part for part: the same parts at the same
-    numbers under the same data key (re-wrapped in ``headers``), so no byte is decrypted and
-    the copy has the source's layout. Any size, including past CopyObject's 5 GiB. Returns
-    the copy's ETag."""
-    backend, stored = ex.services.backend, copied.stored
-    assert copied.envelope is not None
-    layout, _ = await reads.find_layout(backend, stored, copied.envelope.segment_size)
+async def copy_multipart(
+    backend: Backend,
+    stored: reads.StoredObject,
+    segment_size: int,
+    bucket: str,
+    key: str,
+    headers: list[tuple[str, str]],
+) -> str:
+    """Copy a multipart object to ``bucket``/``key`` server-side, part for part: the same
+    parts at the same numbers under the same data key (re-wrapped in ``headers``), so no
+    byte is decrypted and the copy has the source's layout. Any size, including past
+    CopyObject's 5 GiB. Returns the copy's ETag."""
+    layout, _ = await reads.find_layout(backend, stored, segment_size)
     response, data = await backend.request(
-        "POST", ex.bucket, ex.key, query=[("uploads", "")], headers=headers, max_body=SMALL_RESPONSE
+        "POST", bucket, key, query=[("uploads", "")], headers=headers, max_body=SMALL_RESPONSE
     )
     if response.status_code != 200:
         raise backend_error(response, data)
@@ -705,11 +719,11 @@ async def _copy_multipart(ex: Exchange, copied: CopySource, headers: list[tuple[
             end = place.stored_start + place.stored_size - 1
             response, data = await backend.request(
                 "PUT",
-                ex.bucket,
-                ex.key,
+                bucket,
+                key,
                 query=[("partNumber", str(number)), *upload],
                 headers=[
-                    ("x-amz-copy-source", _copy_source_header(stored)),
+                    ("x-amz-copy-source", copy_source_header(stored)),
                     ("x-amz-copy-source-range", f"bytes={place.stored_start}-{end}"),
                     ("x-amz-copy-source-if-match", stored.etag),
                 ],
@@ -727,7 +741,7 @@ async def _copy_multipart(ex: Exchange, copied: CopySource, headers: list[tuple[
                 nursery.start_soon(copy_parts)
         document = render_complete_request(list(enumerate(etags, start=1)))
         response, data = await backend.request(
-            "POST", ex.bucket, ex.key, query=upload, body=document, max_body=SMALL_RESPONSE
+            "POST", bucket, key, query=upload, body=document, max_body=SMALL_RESPONSE
         )
         if response.status_code != 200:
             raise backend_error(response, data)
@@ -735,7 +749,7 @@ async def _copy_multipart(ex: Exchange, copied: CopySource, headers: list[tuple[
     except BaseException:
         # Leave no half-copied upload behind, even when cancelled (bounded, shielded).
         with trio.CancelScope(shield=True), trio.move_on_after(30):
-            await backend.request("DELETE", ex.bucket, ex.key, query=upload)
+            await backend.request("DELETE", bucket, key, query=upload)
         raise
 
 
