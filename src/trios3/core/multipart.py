@@ -357,21 +357,28 @@ class Layout:
         """The part holding plaintext byte ``offset`` (0 <= offset < plaintext_size)."""
         if self._starts is not None:
             return bisect_right(self._starts, offset, 0, self.count)
-        if self.count == 1:
-            return 1
+        if self.count == 1 or self._first == 0:  # empty leading parts (only a forged object)
+            return self.count
         return min(offset // self._first + 1, self.count)
 
 
 def listing_plaintext_size(stored_size: int, part_count: int, segment_size: int) -> int | None:
     """A multipart object's plaintext size from its listing entry alone (size, ETag ``-N``).
 
-    Exact when every part but the last is a whole number of segments: those parts' segments
-    then line up with one v1 object's, and only the N headers are extra. For other part sizes
-    each part ends in its own short segment and this over-reports by up to 16 bytes a part.
+    With ``c`` the stored size less the N headers, the object holds ``c = P + 16·T`` for T
+    segments in all, each carrying at most S bytes, so ``T >= ⌈c / (S+16)⌉`` and T >= N.
+    Taking ``T = max(N, ⌈c / (S+16)⌉)`` is exact when every part but the last is a whole number
+    of segments (their segments then line up with one v1 object's); for other part sizes some
+    parts end in short segments with tags of their own, T is larger, and this over-reports by
+    up to 16 bytes a part.
     """
     if part_count < 1:
         return None
-    return fmt.plaintext_size(stored_size - part_count * PART_HEADER_SIZE, segment_size)
+    body = stored_size - part_count * PART_HEADER_SIZE
+    if body < fmt.TAG_SIZE * part_count:
+        return None
+    segments = max(part_count, -(-body // (segment_size + fmt.TAG_SIZE)))
+    return body - fmt.TAG_SIZE * segments
 
 
 def uniform_layout(
