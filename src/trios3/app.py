@@ -27,7 +27,7 @@ from trios3.budget import MemoryBudget
 from trios3.core import sigv4
 from trios3.core.errors import S3Error, TamperedError
 from trios3.core.keys import Keyring
-from trios3.core.routing import resolve_target
+from trios3.core.routing import Target, resolve_target
 from trios3.exchange import Exchange, Responder, Services
 from trios3.metrics import CONTENT_TYPE as METRICS_CONTENT_TYPE
 from trios3.metrics import Counts, Metrics
@@ -196,6 +196,7 @@ class S3Proxy:
         stats.in_flight += 1
         shutdown = False
         channel: ClientChannel | None = None
+        target: Target | None = None
         try:
             async with trio.open_nursery() as nursery:
                 channel = ClientChannel(receive, nursery.cancel_scope, self.settings.body_timeout)
@@ -212,6 +213,7 @@ class S3Proxy:
                         if err.code in AUTHENTICATION_FAILURES:
                             stats.auth_failures += 1
                         raise
+                    target = exchange.target
                     operation = _operation_name(exchange)
                     await self._dispatch(operation, exchange)
                 except Exception as exc:
@@ -236,17 +238,31 @@ class S3Proxy:
             stats.bytes_sent += respond.bytes_sent
             seconds = time.monotonic() - started
             self.metrics.observe(operation, respond.status or None, seconds)
+            fields = {
+                "request_id": request_id,
+                "operation": operation,
+                "method": method,
+                "bucket": target.bucket if target else None,
+                "key": target.key if target else None,
+                "status": respond.status or None,
+                "bytes_in": channel.received if channel is not None else 0,
+                "bytes_out": respond.bytes_sent,
+                "ms": round(seconds * 1000, 1),
+                "complete": respond.finished,
+            }
             log.info(
-                "request id=%s op=%s method=%s path=%r status=%s in=%d out=%d ms=%.1f%s",
+                "request id=%s op=%s method=%s bucket=%s key=%r status=%s in=%d out=%d ms=%.1f%s",
                 request_id,
                 operation,
                 method,
-                resource,
+                fields["bucket"] or "-",
+                fields["key"],
                 respond.status or "-",
-                channel.received if channel is not None else 0,
+                fields["bytes_in"],
                 respond.bytes_sent,
-                seconds * 1000,
+                fields["ms"],
                 "" if respond.finished else " (cut short)",
+                extra={"request": fields},
             )
 
     def _failure(

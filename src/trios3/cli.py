@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import json
 import logging
 import os
 import sys
@@ -32,6 +33,11 @@ def _parser() -> argparse.ArgumentParser:
         default=os.environ.get("TRIOS3_LOG_LEVEL", "INFO"),
         help="logging level [TRIOS3_LOG_LEVEL; default INFO]",
     )
+    serve.add_argument(
+        "--log-format",
+        default=os.environ.get("TRIOS3_LOG_FORMAT", "text"),
+        help="text or json (one JSON object per line) [TRIOS3_LOG_FORMAT; default text]",
+    )
     keygen = commands.add_parser("keygen", help="write a new master key file (mode 0600)")
     keygen.add_argument("path", help="the key file to create")
     keygen.add_argument(
@@ -51,6 +57,22 @@ def _parser() -> argparse.ArgumentParser:
     inspect.add_argument("url", help="s3://BUCKET/KEY at the backend")
     add_tool_options(inspect, os.environ)
     return parser
+
+
+class JsonLines(logging.Formatter):
+    """One JSON object per log line; a request's line carries its fields as keys."""
+
+    def format(self, record: logging.LogRecord) -> str:
+        line = {
+            "time": self.formatTime(record, "%Y-%m-%dT%H:%M:%S%z"),
+            "level": record.levelname,
+            "logger": record.name,
+            "message": record.getMessage(),
+        }
+        line.update(getattr(record, "request", {}))
+        if record.exc_info:
+            line["exception"] = self.formatException(record.exc_info)
+        return json.dumps(line, ensure_ascii=False)
 
 
 def _fail(message: str) -> int:
@@ -99,9 +121,14 @@ def main(argv: list[str] | None = None) -> int:
             find_weed()
     except (ConfigError, EmbeddedUnavailable) as exc:
         return _fail(str(exc))
-    logging.basicConfig(
-        level=args.log_level.upper(), format="%(asctime)s %(levelname)s %(name)s %(message)s"
-    )
+    if args.log_format not in ("text", "json"):
+        return _fail(f"--log-format: expected text or json, got {args.log_format!r}")
+    handler = logging.StreamHandler()
+    if args.log_format == "json":
+        handler.setFormatter(JsonLines())
+    else:
+        handler.setFormatter(logging.Formatter("%(asctime)s %(levelname)s %(name)s %(message)s"))
+    logging.basicConfig(level=args.log_level.upper(), handlers=[handler])
     # One line per request is trios3's own; httpx would add one per backend request.
     logging.getLogger("httpx").setLevel(logging.WARNING)
 

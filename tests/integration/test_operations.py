@@ -136,3 +136,31 @@ def test_sigterm_lets_streams_finish_then_exits_zero(seaweedfs, tmp_path, bucket
         if process.poll() is None:
             _stop(process)
         log.close()
+
+
+def test_json_logs_one_line_per_request_without_secrets(seaweedfs, tmp_path, bucket):
+    import json
+
+    process, endpoint, log = start_proxy(seaweedfs, tmp_path, extra=["--log-format", "json"])
+    data = os.urandom(1000)
+    try:
+        s3 = endpoint.client()
+        s3.put_object(Bucket=bucket, Key="dir/ob ject", Body=data)
+        assert s3.get_object(Bucket=bucket, Key="dir/ob ject")["Body"].read() == data
+    finally:
+        _stop(process)
+        log.close()
+    text = (tmp_path / "proxy.log").read_text()
+    lines = [json.loads(line) for line in text.splitlines() if line.startswith("{")]
+    requests = [line for line in lines if "request_id" in line]
+    assert [(r["operation"], r["status"]) for r in requests] == [
+        ("PutObject", 200),
+        ("GetObject", 200),
+    ]
+    put, get = requests
+    assert (put["bucket"], put["key"], put["bytes_in"]) == (bucket, "dir/ob ject", 1000)
+    assert get["bytes_out"] == 1000 and get["complete"] is True
+    assert len(put["request_id"]) == 16 and put["ms"] >= 0
+    for secret in (endpoint.secret_key, endpoint.master_key, seaweedfs.secret_key):
+        assert secret not in text
+    assert data.hex()[:32] not in text
