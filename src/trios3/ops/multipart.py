@@ -14,7 +14,7 @@ from datetime import UTC, datetime
 
 import httpx
 
-from trios3.backend import backend_error, read_limited
+from trios3.backend import backend_error
 from trios3.core import format as fmt
 from trios3.core import multipart as mp
 from trios3.core.checksums import multipart_checksums
@@ -151,37 +151,17 @@ async def _store_part(
     length: int,
     plaintext: AsyncIterator[bytes],
 ) -> httpx.Response:
-    """Encrypt one attempt at a part (a fresh salt, so a fresh key) and send it.
-
-    As for a PUT, the backend request starts only with the first sealed segment in hand, and
-    the last segment goes only after ``plaintext`` ended cleanly (checks included).
-    """
+    """Encrypt one attempt at a part (a fresh salt, so a fresh key) and send it, as a PUT
+    is sent (trios3.ops.objects.send_sealed)."""
     sealer = mp.PartSealer(data_key, segment_size, number, length)
-
-    async def ciphertext() -> AsyncIterator[bytes]:
-        async for piece in plaintext:
-            for sealed in sealer.feed(piece):
-                yield sealed
-        yield sealer.finish()
-
-    async with prefetched(ciphertext(), objects.PIPELINE_DEPTH) as sealed:
-        first = await anext(sealed)
-
-        async def body() -> AsyncIterator[bytes]:
-            yield sealer.header.encode()
-            yield first
-            async for piece in sealed:
-                yield piece
-
-        async with ex.services.backend.stream(
-            "PUT",
-            ex.bucket,
-            ex.key,
-            query=[("partNumber", str(number)), *_upload_query(token)],
-            body=body(),
-            content_length=sealer.stored_size,
-        ) as response:
-            data = await read_limited(response, SMALL_RESPONSE)
+    response, data = await objects.send_sealed(
+        ex,
+        sealer,
+        plaintext,
+        content_length=sealer.stored_size,
+        prefix=sealer.header.encode(),
+        query=[("partNumber", str(number)), *_upload_query(token)],
+    )
     if response.status_code != 200:
         raise _no_such_upload(response, data)
     return response

@@ -17,6 +17,7 @@ from collections.abc import AsyncIterator, Callable
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from email.utils import parsedate_to_datetime
+from typing import Protocol
 from urllib.parse import unquote
 
 import httpx
@@ -347,17 +348,28 @@ async def put_object(ex: Exchange) -> None:
     await ex.respond.whole(200, out, b"")
 
 
-async def _store_encrypted(
-    ex: Exchange, headers: list[tuple[str, str]], length: int, plaintext: AsyncIterator[bytes]
-) -> httpx.Response:
-    """Encrypt ``plaintext`` (``length`` bytes) into a new object at the exchange's key.
+class Sealer(Protocol):
+    def feed(self, data: bytes | bytearray | memoryview) -> list[bytes]: ...
+    def finish(self) -> bytes: ...
+
+
+async def send_sealed(
+    ex: Exchange,
+    sealer: Sealer,
+    plaintext: AsyncIterator[bytes],
+    *,
+    content_length: int,
+    prefix: bytes = b"",
+    query: list[tuple[str, str]] | None = None,
+    headers: list[tuple[str, str]] | None = None,
+) -> tuple[httpx.Response, bytes]:
+    """Encrypt ``plaintext`` with ``sealer`` while sending ``prefix`` and the sealed pieces
+    in a backend PUT at the exchange's key; the response and its (small) body.
 
     The caller holds the budget lease. ``plaintext`` must raise if anything about it turns out
-    wrong; the final segment is sent only after it has ended cleanly, so a failed upload
-    never becomes an object at the backend.
+    wrong; the final segment is sent only after it has ended cleanly, so a failed upload never
+    becomes an object or a part at the backend.
     """
-    data_key, envelope = ex.services.keyring.seal_new(ex.bucket, ex.key)
-    sealer = fmt.SegmentSealer(data_key, envelope.segment_size)
 
     async def ciphertext() -> AsyncIterator[bytes]:
         async for piece in plaintext:
@@ -372,6 +384,8 @@ async def _store_encrypted(
         first = await anext(sealed)
 
         async def body() -> AsyncIterator[bytes]:
+            if prefix:
+                yield prefix
             yield first
             async for piece in sealed:
                 yield piece
@@ -380,11 +394,27 @@ async def _store_encrypted(
             "PUT",
             ex.bucket,
             ex.key,
-            headers=headers + list(envelope.to_metadata().items()),
+            query=query or (),
+            headers=headers or (),
             body=body(),
-            content_length=fmt.stored_size(length, envelope.segment_size),
+            content_length=content_length,
         ) as response:
             data = await read_limited(response, SMALL_RESPONSE)
+    return response, data
+
+
+async def _store_encrypted(
+    ex: Exchange, headers: list[tuple[str, str]], length: int, plaintext: AsyncIterator[bytes]
+) -> httpx.Response:
+    """Encrypt ``plaintext`` (``length`` bytes) into a new object at the exchange's key."""
+    data_key, envelope = ex.services.keyring.seal_new(ex.bucket, ex.key)
+    response, data = await send_sealed(
+        ex,
+        fmt.SegmentSealer(data_key, envelope.segment_size),
+        plaintext,
+        content_length=fmt.stored_size(length, envelope.segment_size),
+        headers=headers + list(envelope.to_metadata().items()),
+    )
     if response.status_code != 200:
         raise backend_error(response, data)
     return response
@@ -507,21 +537,8 @@ async def _single_range(
     end: int,
 ) -> AsyncIterator[bytes]:
     span = fmt.span_for_range(size, start, end, segment_size)
-    window = [("range", f"bytes={span.stored_start}-{span.stored_end}")]
-    async with backend.stream(
-        "GET",
-        stored.bucket,
-        stored.key,
-        query=stored.query,
-        headers=[*window, ("if-match", stored.etag)],
-    ) as response:
-        if response.status_code in (404, 412):
-            raise reads.changed()
-        if response.status_code not in (200, 206):
-            raise backend_error(response, await read_limited(response, SMALL_RESPONSE))
+    async with reads.pinned_window(backend, stored, span.stored_start, span.stored_end) as response:
         fetched = Fetched.of(response)
-        if fetched.start > span.stored_start or fetched.end < span.stored_end:
-            raise S3Error("InternalError", "The backend returned the wrong stored window.")
         async for piece in _decrypt(response, fetched, span, data_key, segment_size, size):
             yield piece
 
@@ -532,18 +549,8 @@ async def _raw_range(
     """Bytes start..end of an object the proxy did not encrypt, as they are."""
     if end < start:
         return
-    async with backend.stream(
-        "GET",
-        stored.bucket,
-        stored.key,
-        query=stored.query,
-        headers=[("range", f"bytes={start}-{end}"), ("if-match", stored.etag)],
-    ) as response:
-        if response.status_code in (404, 412):
-            raise reads.changed()
-        if response.status_code != 206:
-            raise backend_error(response, await read_limited(response, SMALL_RESPONSE))
-        received = 0
+    received = 0
+    async with reads.pinned_window(backend, stored, start, end) as response:
         async for chunk in response.aiter_raw():
             received += len(chunk)
             yield chunk

@@ -11,7 +11,10 @@ from __future__ import annotations
 
 import re
 from collections.abc import AsyncIterator, Sequence
+from contextlib import asynccontextmanager
 from dataclasses import dataclass
+
+import httpx
 
 from trios3.backend import Backend, read_limited
 from trios3.core import multipart as mp
@@ -125,23 +128,32 @@ async def decrypt_range(
     if header is None:
         header = await read_header(backend, obj, layout.place(first_part).stored_start)
     opener = mp.MultipartOpener(data_key, layout, start, end, header)
-    window_start, window_end = opener.window
-    async with backend.stream(
-        "GET",
-        obj.bucket,
-        obj.key,
-        query=obj.query,
-        headers=[("range", f"bytes={window_start}-{window_end}"), ("if-match", obj.etag)],
-    ) as response:
-        if response.status_code in (404, 412):
-            raise changed()
-        if response.status_code != 206:
-            # A window never starts at 0 (the first part's header is before it), so a 200
-            # is a backend that ignored the Range.
-            await read_limited(response, 64 * 1024)
-            raise S3Error("InternalError", "The backend refused a read of a stored window.")
+    async with pinned_window(backend, obj, *opener.window) as response:
         async for chunk in response.aiter_raw():
             for piece in opener.feed(chunk):
                 yield piece
     for piece in opener.finish():
         yield piece
+
+
+@asynccontextmanager
+async def pinned_window(
+    backend: Backend, obj: StoredObject, start: int, end: int
+) -> AsyncIterator[httpx.Response]:
+    """A streamed GET of stored bytes ``start..end`` of the object as it was first seen:
+    ``503 SlowDown`` if it changed since, an error unless the backend sends that window (a
+    206, or a 200 when the window is the whole object)."""
+    async with backend.stream(
+        "GET",
+        obj.bucket,
+        obj.key,
+        query=obj.query,
+        headers=[("range", f"bytes={start}-{end}"), ("if-match", obj.etag)],
+    ) as response:
+        if response.status_code in (404, 412):
+            raise changed()
+        whole = (start, end) == (0, obj.stored_size - 1)
+        if response.status_code != 206 and not (whole and response.status_code == 200):
+            await read_limited(response, 64 * 1024)
+            raise S3Error("InternalError", "The backend refused a read of a stored window.")
+        yield response
