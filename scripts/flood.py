@@ -1,4 +1,4 @@
-"""Memory flood: hundreds of concurrent 64 MiB GETs and 16 MiB PUTs against a capped trios3.
+"""Memory flood: hundreds of concurrent GETs, PUTs and UploadParts against a capped trios3.
 
 Run: .venv/bin/python scripts/flood.py [--quick] [--only get200 mixed ...]
 
@@ -9,14 +9,21 @@ scenario, a fresh ``trios3 serve`` (64 MiB budget, 30 s admission timeout) is st
 a fresh 512 MiB cgroup-v1 memory group, so that peaks (VmHWM, the group's
 memory.max_usage_in_bytes) and OOM kills are per scenario.
 
-Scenarios (defaults; --quick shrinks sizes for a ~1 minute smoke run):
-  get90 / get200  90, then 200 concurrent GETs of 4 encrypted 64 MiB objects
-  put192          192 concurrent PUTs of 16 MiB
-  mixed           64 PUTs of 16 MiB and 128 GETs of the 64 MiB objects at once
+Scenarios (defaults; --quick shrinks sizes for a ~3 minute smoke run):
+  get90 / get200      90, then 200 concurrent GETs of 4 encrypted 64 MiB single-PUT objects
+  mpget90 / mpget200  the same GETs of 4 encrypted 64 MiB multipart objects (8 MiB parts):
+                      the reference incident's objects
+  put192              192 concurrent PUTs of 16 MiB
+  part192             192 concurrent UploadParts of 16 MiB into 4 multipart uploads, which are
+                      completed after the load
+  mixed               at once: 32 PUTs and 32 UploadParts (into 2 uploads) of 16 MiB, 64 GETs
+                      of the single-PUT objects and 64 of the multipart ones
 
-Multipart uploads are not implemented by trios3 yet (501): the "multipart-encrypted objects"
-of the reference incident are single-PUT encrypted objects here, and "UploadPart" traffic is
-PutObject traffic.
+All objects are uploaded once, before the scenarios, through a proxy of their own: the
+single-PUT ones with one PUT each, the multipart ones with CreateMultipartUpload, sequential
+UploadParts and CompleteMultipartUpload. ``--no-multipart`` leaves out the mp* and part*
+scenarios and the multipart half of the mixed one (what this script did before trios3 had
+multipart uploads: a proxy that answers 501 to CreateMultipartUpload stops the run at set-up).
 
 Clients are raw HTTP/1.1 over trio sockets (one connection per request, SigV4 from
 trios3.core.sigv4 with UNSIGNED-PAYLOAD), so that the script itself can keep up and can
@@ -26,7 +33,10 @@ finish and check); some disconnect on purpose (while queued for admission, right
 status line, after a few KiB, mid-stream). A 503 SlowDown is retried a bounded number of
 times honouring Retry-After. PUT bodies come from a deterministic generator keyed by the
 object's index (AES-CTR keystream), so nothing is held whole; a sample is read back through
-the proxy and hashed afterwards.
+the proxy and hashed afterwards. UploadPart bodies are generated the same way (keyed by upload
+and part number); after the load each upload is completed with the parts that were stored
+(CompleteMultipartUpload after the flood, an error if it fails) and a sample of parts is read
+back with a ranged GET of the completed object (Content-Range checked) and hashed.
 
 After each load the script also probes that the budget was fully given back: it opens as
 many GETs as the budget admits at once (budget // per-request window) and expects every
@@ -59,7 +69,8 @@ import tempfile
 import time
 import uuid
 from collections import Counter
-from dataclasses import dataclass, field
+from collections.abc import Sequence
+from dataclasses import dataclass, field, replace
 from datetime import UTC, datetime
 from pathlib import Path
 
@@ -83,10 +94,14 @@ CLIENT_ACCESS = "floodclient"
 _ZEROS = bytes(CHUNK)
 
 
-def generated(name: str, size: int):
-    """``size`` deterministic bytes for ``name``, 1 MiB at a time (AES-256-CTR keystream)."""
+def generated(name: str, size: int, offset: int = 0):
+    """``size`` deterministic bytes for ``name`` from ``offset``, 1 MiB at a time
+    (AES-256-CTR keystream: a multipart object's parts are slices of the same stream)."""
     key = hashlib.sha256(f"trios3-flood/{name}".encode()).digest()
-    enc = Cipher(algorithms.AES(key), modes.CTR(bytes(16))).encryptor()
+    block, skip = divmod(offset, 16)
+    enc = Cipher(algorithms.AES(key), modes.CTR(block.to_bytes(16, "big"))).encryptor()
+    if skip:
+        enc.update(bytes(skip))
     left = size
     while left:
         n = min(CHUNK, left)
@@ -291,16 +306,25 @@ class Client:
     port: int
     secret: str
 
-    def head_bytes(self, method: str, path: str, length: int | None = None) -> bytes:
+    def head_bytes(
+        self,
+        method: str,
+        path: str,
+        length: int | None = None,
+        *,
+        query: Sequence[tuple[str, str]] = (),
+        extra: Sequence[tuple[str, str]] = (),
+    ) -> bytes:
+        """The request head; ``query`` holds decoded pairs, ``extra`` more (signed) headers."""
         host = f"127.0.0.1:{self.port}"
-        headers = [("host", host)]
+        headers = [("host", host), *extra]
         if length is not None:
             headers.append(("content-length", str(length)))
         payload = "UNSIGNED-PAYLOAD" if length is not None else sigv4.EMPTY_SHA256
         headers += sigv4.sign_request(
             method,
             path,
-            [],
+            list(query),
             headers,
             payload,
             CLIENT_ACCESS,
@@ -309,7 +333,8 @@ class Client:
             datetime.now(UTC),
         )
         headers.append(("connection", "close"))
-        lines = [f"{method} {path} HTTP/1.1"] + [f"{n}: {v}" for n, v in headers]
+        target = path + ("?" + sigv4.canonical_query_string(list(query)) if query else "")
+        lines = [f"{method} {target} HTTP/1.1"] + [f"{n}: {v}" for n, v in headers]
         return ("\r\n".join(lines) + "\r\n\r\n").encode("latin-1")
 
     async def connect(self, rcvbuf: int | None = None) -> Conn:
@@ -405,6 +430,20 @@ class Outcome:
     wait: float = 0.0  # seconds from the request to its (final) status line
     head_seen: bool = False
     attempts: int = 0
+    target: str = ""  # GET: "mp" for a multipart object
+    etag: str = ""  # UploadPart: the part's ETag
+
+
+@dataclass
+class Upload:
+    """A multipart upload the load sends parts into."""
+
+    key: str
+    upload_id: str
+    etags: dict[int, str] = field(default_factory=dict)  # stored parts
+
+    def data_name(self, number: int) -> str:
+        return f"{self.key}/part-{number}"
 
 
 @dataclass
@@ -415,6 +454,7 @@ class Settings:
     retries: int
     slow_for: float
     rng_seed: int
+    part_size: int = 0  # UploadPart bodies of the loads
 
 
 def _retry_after(conn: Conn) -> float:
@@ -489,8 +529,23 @@ async def get_request(
     return out
 
 
-async def put_request(client: Client, s: Settings, key: str, rng: random.Random) -> Outcome:
-    out = Outcome("PUT", "put", "error")
+async def put_request(
+    client: Client,
+    s: Settings,
+    key: str,
+    rng: random.Random,
+    *,
+    size: int | None = None,
+    data: tuple[str, int] | None = None,
+    query: Sequence[tuple[str, str]] = (),
+    op: str = "PUT",
+) -> Outcome:
+    """A PUT (or, with ``op="PART"`` and the query, an UploadPart) of ``size`` bytes (default
+    ``s.put_size``) of ``generated(name, size, offset)`` for ``data = (name, offset)``
+    (default: the key, from 0)."""
+    size = s.put_size if size is None else size
+    name, offset = data or (key, 0)
+    out = Outcome(op, "put" if op == "PUT" else "part", "error")
     path = f"/{s.bucket}/{key}"
     for _attempt in range(s.retries + 1):
         out.attempts += 1
@@ -498,11 +553,11 @@ async def put_request(client: Client, s: Settings, key: str, rng: random.Random)
         sent_error: list[BaseException] = []
         try:
             t0 = time.monotonic()
-            await conn.stream.send_all(client.head_bytes("PUT", path, s.put_size))
+            await conn.stream.send_all(client.head_bytes("PUT", path, size, query=query))
 
             async def send_body(conn=conn, sent_error=sent_error) -> None:
                 try:
-                    for chunk in generated(key, s.put_size):
+                    for chunk in generated(name, size, offset):
                         await conn.stream.send_all(chunk)
                 except (OSError, trio.BrokenResourceError) as exc:
                     # The proxy may answer (503) and close without reading the body.
@@ -524,6 +579,10 @@ async def put_request(client: Client, s: Settings, key: str, rng: random.Random)
             if conn.status != 200:
                 out.detail = f"status {conn.status}"
                 return out
+            out.etag = conn.headers.get("etag", "")
+            if op == "PART" and not out.etag:
+                out.detail = "no ETag in the UploadPart response"
+                return out
             out.result = "stored"
             return out
         except (OSError, trio.BrokenResourceError, HTTPFailure, ValueError) as exc:
@@ -534,6 +593,132 @@ async def put_request(client: Client, s: Settings, key: str, rng: random.Random)
             await conn.aclose()
     out.result = "gave-up-503"
     return out
+
+
+async def part_request(
+    client: Client, s: Settings, upload: Upload, number: int, rng: random.Random
+) -> Outcome:
+    """One UploadPart of ``s.part_size`` bytes into ``upload``; a stored part is recorded."""
+    out = await put_request(
+        client,
+        s,
+        upload.key,
+        rng,
+        size=s.part_size,
+        data=(upload.data_name(number), 0),
+        query=[("partNumber", str(number)), ("uploadId", upload.upload_id)],
+        op="PART",
+    )
+    if out.result == "stored":
+        upload.etags[number] = out.etag
+    return out
+
+
+# --- small requests and the multipart calls around the loads ---------------------------------
+
+
+SMALL_REQUEST_TIMEOUT = 120.0
+
+
+def _dechunk(data: bytes) -> bytes:
+    out = bytearray()
+    while data:
+        line, _, data = data.partition(b"\r\n")
+        size = int(line.split(b";")[0], 16)
+        if size == 0:
+            break
+        out += data[:size]
+        data = data[size + 2 :]
+    return bytes(out)
+
+
+async def simple_request(
+    client: Client,
+    method: str,
+    path: str,
+    *,
+    query: Sequence[tuple[str, str]] = (),
+    body: bytes | None = None,
+    extra: Sequence[tuple[str, str]] = (),
+) -> tuple[int, dict[str, str], bytes]:
+    """One request with a small (or no) body; (status, headers, whole response body)."""
+    with trio.fail_after(SMALL_REQUEST_TIMEOUT):
+        conn = await client.connect()
+        try:
+            length = None if body is None else len(body)
+            head = client.head_bytes(method, path, length, query=query, extra=extra)
+            await conn.stream.send_all(head + (body or b""))
+            status = await conn.head()
+            data = bytearray()
+            if method != "HEAD":
+                await conn.body(data.extend)
+        finally:
+            await conn.aclose()
+    text = bytes(data)
+    if "chunked" in conn.headers.get("transfer-encoding", ""):
+        text = _dechunk(text)
+    return status, conn.headers, text
+
+
+class MultipartFailure(Exception):
+    pass
+
+
+async def create_upload(client: Client, bucket: str, key: str) -> Upload:
+    status, _, text = await simple_request(
+        client, "POST", f"/{bucket}/{key}", query=[("uploads", "")], body=b""
+    )
+    found = re.search(rb"<UploadId>([^<]+)</UploadId>", text)
+    if status != 200 or not found:
+        raise MultipartFailure(f"CreateMultipartUpload {key}: {status} {text[:300]!r}")
+    return Upload(key, found.group(1).decode())
+
+
+async def complete_upload(client: Client, bucket: str, upload: Upload) -> None:
+    """CompleteMultipartUpload with every stored part (an AbortMultipartUpload if none was)."""
+    path = f"/{bucket}/{upload.key}"
+    query = [("uploadId", upload.upload_id)]
+    if not upload.etags:
+        status, _, text = await simple_request(client, "DELETE", path, query=query)
+        if status != 204:
+            raise MultipartFailure(f"AbortMultipartUpload {upload.key}: {status} {text[:300]!r}")
+        return
+    xml = "<CompleteMultipartUpload>"
+    for number in sorted(upload.etags):
+        etag = upload.etags[number].replace("&", "&amp;").replace("<", "&lt;")
+        xml += f"<Part><PartNumber>{number}</PartNumber><ETag>{etag}</ETag></Part>"
+    xml += "</CompleteMultipartUpload>"
+    status, _, text = await simple_request(client, "POST", path, query=query, body=xml.encode())
+    # As on AWS, the failure of a CompleteMultipartUpload may come after a 200 status line.
+    if status != 200 or b"<Error>" in text or b"<CompleteMultipartUploadResult" not in text:
+        raise MultipartFailure(
+            f"CompleteMultipartUpload {upload.key} ({len(upload.etags)} parts): "
+            f"{status} {text[:300]!r}"
+        )
+
+
+async def upload_multipart_object(
+    client: Client, s: Settings, key: str, size: int, part_size: int
+) -> None:
+    """``generated(key, size)`` as a multipart object: its parts are slices of that stream."""
+    upload = await create_upload(client, s.bucket, key)
+    plain = replace(s, retries=0)
+    for index, offset in enumerate(range(0, size, part_size)):
+        number = index + 1
+        out = await put_request(
+            client,
+            plain,
+            key,
+            random.Random(0),
+            size=min(part_size, size - offset),
+            data=(key, offset),
+            query=[("partNumber", str(number)), ("uploadId", upload.upload_id)],
+            op="PART",
+        )
+        if out.result != "stored":
+            raise MultipartFailure(f"UploadPart {number} of {key}: {out.result} {out.detail}")
+        upload.etags[number] = out.etag
+    await complete_upload(client, s.bucket, upload)
 
 
 def kinds_for(n: int, slow_frac: float, drop_frac: float, rng: random.Random) -> list[str]:
@@ -552,9 +737,12 @@ def kinds_for(n: int, slow_frac: float, drop_frac: float, rng: random.Random) ->
 @dataclass
 class Scenario:
     name: str
-    gets: int
+    gets: int  # of the single-PUT objects
     puts: int
     note: str = ""
+    mp_gets: int = 0  # of the multipart objects
+    parts: int = 0  # UploadParts, spread over ``uploads`` multipart uploads
+    uploads: int = 0
 
 
 @dataclass
@@ -576,6 +764,9 @@ class Report:
     probe: tuple[int, int] | None = None  # admitted, expected
     log: dict = field(default_factory=dict)
     stored_keys: list[str] = field(default_factory=list)
+    uploads: list[Upload] = field(default_factory=list)
+    completed: set[str] = field(default_factory=set)  # keys of the completed uploads
+    multipart_errors: list[str] = field(default_factory=list)  # completing the uploads
     log_after: dict = field(default_factory=dict)
     client_cpu: float = 0.0
     proxy_cpu: float | None = None
@@ -589,7 +780,8 @@ class Report:
 
     @property
     def errors(self) -> int:
-        return sum(1 for o in self.outcomes if o.result in ("error", "timeout"))
+        failed = sum(1 for o in self.outcomes if o.result in ("error", "timeout"))
+        return failed + len(self.multipart_errors)
 
     @property
     def corrupt(self) -> int:
@@ -626,31 +818,41 @@ async def run_load(
     client: Client,
     s: Settings,
     sc: Scenario,
-    objects: list[tuple[str, bytes]],
+    ctx: dict,
     args,
     proxy: Proxy,
     report: Report,
 ) -> None:
     rng = random.Random(f"{s.rng_seed}-{sc.name}")
-    kinds = kinds_for(sc.gets, args.slow_fraction, args.drop_fraction, rng)
+    # A job: (op, key, digest, kind, target); for a PART, key is the upload's index and
+    # digest the part number.
+    jobs: list[tuple] = []
+    for objects, count, target in (
+        (ctx["objects"], sc.gets, ""),
+        (ctx["mp_objects"], sc.mp_gets, "mp"),
+    ):
+        for i, kind in enumerate(kinds_for(count, args.slow_fraction, args.drop_fraction, rng)):
+            key, digest = objects[i % len(objects)]
+            jobs.append(("GET", key, digest, kind, target))
     put_keys = [f"{sc.name}/put-{i:04d}" for i in range(sc.puts)]
-    slots: list[Outcome | None] = [None] * (sc.gets + sc.puts)
-    jobs = []
-    for i, kind in enumerate(kinds):
-        key, digest = objects[i % len(objects)]
-        jobs.append(("GET", key, digest, kind))
     for key in put_keys:
-        jobs.append(("PUT", key, None, "put"))
+        jobs.append(("PUT", key, None, "put", ""))
+    for i in range(sc.parts if report.uploads else 0):
+        jobs.append(("PART", i % len(report.uploads), i // len(report.uploads) + 1, "part", ""))
+    slots: list[Outcome | None] = [None] * len(jobs)
     order = list(range(len(jobs)))
     rng.shuffle(order)
 
     async def one(index: int) -> None:
-        op, key, digest, kind = jobs[index]
+        op, key, digest, kind, target = jobs[index]
         r = random.Random(f"{s.rng_seed}-{sc.name}-{index}")
         if op == "GET":
             slots[index] = await get_request(client, s, key, digest, kind, r)
-        else:
+            slots[index].target = target
+        elif op == "PUT":
             slots[index] = await put_request(client, s, key, r)
+        else:
+            slots[index] = await part_request(client, s, report.uploads[key], digest, r)
 
     async def watchdog(cancel_scope: trio.CancelScope) -> None:
         while True:
@@ -671,14 +873,16 @@ async def run_load(
     report.wall = time.monotonic() - t0
     for index, slot in enumerate(slots):
         if slot is None:
-            op, _, _, kind = jobs[index]
+            op, _, _, kind, target = jobs[index]
             detail = "proxy gone" if proxy.died is not None else "scenario deadline"
-            slot = Outcome(op, kind, "timeout", detail=detail)
+            slot = Outcome(op, kind, "timeout", detail=detail, target=target)
             if deadline.cancelled_caught:
                 report.timed_out += 1
         report.outcomes.append(slot)
     report.stored_keys = [
-        k for k, o in zip(put_keys, slots[sc.gets :], strict=True) if o and o.result == "stored"
+        job[1]
+        for job, o in zip(jobs, report.outcomes, strict=True)
+        if job[0] == "PUT" and o.result == "stored"
     ]
 
 
@@ -706,34 +910,76 @@ async def budget_probe(client: Client, s: Settings, key: str, count: int, wait: 
     return admitted
 
 
-async def verify_sample(client: Client, s: Settings, keys: list[str], report: Report) -> None:
+Sample = tuple[str, tuple[int, int, int] | None, str, int]  # key, (first, last, total), data, size
+
+
+def read_back_sample(report: Report, s: Settings, count: int) -> list[Sample]:
+    """Up to ``count`` stored PUTs and ``count`` parts of completed uploads, evenly spread."""
+    puts = report.stored_keys
+    items: list[Sample] = [
+        (key, None, key, s.put_size) for key in puts[:: max(1, math.ceil(len(puts) / count))]
+    ]
+    parts: list[Sample] = []
+    for upload in report.uploads:
+        if upload.key in report.completed:
+            numbers = sorted(upload.etags)
+            total = len(numbers) * s.part_size
+            for index, number in enumerate(numbers):
+                first = index * s.part_size
+                window = (first, first + s.part_size - 1, total)
+                parts.append((upload.key, window, upload.data_name(number), s.part_size))
+    items += parts[:: max(1, math.ceil(len(parts) / count))]
+    return items
+
+
+async def verify_sample(client: Client, s: Settings, items: list[Sample], report: Report) -> None:
+    """GET each item (a part: by Range of its completed object) and compare its SHA-256."""
     sem = trio.Semaphore(8)
 
-    async def one(key: str) -> None:
+    async def one(item: Sample) -> None:
+        key, window, name, size = item
         async with sem:
-            expected = await trio.to_thread.run_sync(digest_of, key, s.put_size)
+            expected = await trio.to_thread.run_sync(digest_of, name, size)
+            extra = [] if window is None else [("range", f"bytes={window[0]}-{window[1]}")]
             conn = await client.connect()
             try:
-                await conn.stream.send_all(client.head_bytes("GET", f"/{s.bucket}/{key}"))
+                head = client.head_bytes("GET", f"/{s.bucket}/{key}", extra=extra)
+                await conn.stream.send_all(head)
                 status = await conn.head()
                 h = hashlib.sha256()
                 n = await conn.body(h.update)
-                if status == 200 and n == s.put_size and h.digest() == expected:
+                want_status, want_range = 200, None
+                if window is not None:
+                    want_status, want_range = 206, "bytes {}-{}/{}".format(*window)
+                got_range = conn.headers.get("content-range")
+                if (
+                    status == want_status
+                    and n == size
+                    and h.digest() == expected
+                    and (window is None or got_range == want_range)
+                ):
                     report.verify_ok += 1
                 else:
-                    report.verify_bad.append(f"{key}: status {status}, {n} bytes")
+                    report.verify_bad.append(
+                        f"{name}: status {status}, {n} bytes, Content-Range {got_range}"
+                        f" (expected {want_range}), sha256 "
+                        f"{'ok' if h.digest() == expected else 'DIFFERS'}"
+                    )
             except (OSError, trio.BrokenResourceError, HTTPFailure) as exc:
-                report.verify_bad.append(f"{key}: {exc!r}")
+                report.verify_bad.append(f"{name}: {exc!r}")
             finally:
                 await conn.aclose()
 
     async with trio.open_nursery() as nursery:
-        for key in keys:
-            nursery.start_soon(one, key)
+        for item in items:
+            nursery.start_soon(one, item)
 
 
+# The proxy's text request line, written when a request's handler returns: "request id=… op=…
+# method=… path=… status=… bytes=… ms=…" or, since the logs name them, "… bucket=… key='…'
+# status=… in=… out=… ms=…", with " (cut short)" when the response did not finish.
 LOG_LINE = re.compile(
-    r"request id=\S+ op=(\S+) method=\S+ path=\S+ status=(\S+) bytes=\d+ ms=[\d.]+( \(cut short\))?"
+    r"request id=\S+ op=(\S+) method=\S+ .*?\bstatus=(\S+) .*?\bms=[\d.]+( \(cut short\))?\s*$"
 )
 
 
@@ -793,11 +1039,16 @@ async def run_scenario(sc: Scenario, weed, ctx: dict, args, s: Settings) -> Repo
         await conn.stream.send_all(client.head_bytes("HEAD", f"/{s.bucket}/{ctx['objects'][0][0]}"))
         await conn.head()
         await conn.aclose()
+        for i in range(sc.uploads):
+            try:
+                report.uploads.append(await create_upload(client, s.bucket, f"{sc.name}/mp-{i}"))
+            except (MultipartFailure, OSError, HTTPFailure, trio.TooSlowError) as exc:
+                report.multipart_errors.append(f"{type(exc).__name__}: {exc}")
         await trio.sleep(0.2)
         report.rss_start_kib = proxy.status_kib("VmHWM")
         log_start = log_path.stat().st_size
         cpu0, client0 = cpu_seconds(proxy.process.pid), time.process_time()
-        await run_load(client, s, sc, ctx["objects"], args, proxy, report)
+        await run_load(client, s, sc, ctx, args, proxy, report)
         report.hwm_kib = proxy.status_kib("VmHWM")
         report.rss_end_kib = proxy.status_kib("VmRSS")
         report.client_cpu = time.process_time() - client0
@@ -811,10 +1062,14 @@ async def run_scenario(sc: Scenario, weed, ctx: dict, args, s: Settings) -> Repo
             expected = args.budget_mib * MiB // stream_window(fmt.DEFAULT_SEGMENT_SIZE)
             got = await budget_probe(client, s, ctx["objects"][0][0], expected, args.probe_wait)
             report.probe = (got, expected)
-            stored = report.stored_keys
-            sample = (
-                stored[:: max(1, math.ceil(len(stored) / args.verify_sample))] if stored else []
-            )
+            for upload in report.uploads:
+                try:
+                    await complete_upload(client, s.bucket, upload)
+                    if upload.etags:
+                        report.completed.add(upload.key)
+                except (MultipartFailure, OSError, HTTPFailure, trio.TooSlowError) as exc:
+                    report.multipart_errors.append(f"{type(exc).__name__}: {exc}")
+            sample = read_back_sample(report, s, args.verify_sample)
             await verify_sample(client, s, sample, report)
     finally:
         report.exit_code, report.shutdown_s = stop_proxy(proxy)
@@ -836,25 +1091,37 @@ def mib(kib: int | None) -> str:
 
 
 def print_report(r: Report, args) -> None:
-    gets = [o for o in r.outcomes if o.op == "GET"]
-    puts = [o for o in r.outcomes if o.op == "PUT"]
     print(f"\n== {r.name}: {r.note}")
-    if gets:
+    for target, label in (("", "GET"), ("mp", "GET (multipart objects)")):
+        gets = [o for o in r.outcomes if o.op == "GET" and o.target == target]
+        if not gets:
+            continue
         by_kind = Counter((o.kind, o.result) for o in gets)
         parts = ", ".join(f"{k}/{res} {n}" for (k, res), n in sorted(by_kind.items()))
-        print(f"  GET outcomes: {parts}")
+        print(f"  {label} outcomes: {parts}")
         waits = [o.wait for o in gets if o.head_seen]
         if waits:
             print(
-                f"  GET time to 200 status line: median {sorted(waits)[len(waits) // 2]:.1f} s, max {max(waits):.1f} s"
+                f"  {label} time to 200 status line: median {sorted(waits)[len(waits) // 2]:.1f} s, max {max(waits):.1f} s"
             )
-    if puts:
-        print(f"  PUT outcomes: {dict(Counter(o.result for o in puts))}")
+    for op, label in (("PUT", "PUT"), ("PART", "UploadPart")):
+        puts = [o for o in r.outcomes if o.op == op]
+        if not puts:
+            continue
+        print(f"  {label} outcomes: {dict(Counter(o.result for o in puts))}")
         waits = [o.wait for o in puts if o.result == "stored"]
         if waits:
             print(
-                f"  PUT time to response: median {sorted(waits)[len(waits) // 2]:.1f} s, max {max(waits):.1f} s"
+                f"  {label} time to response: median {sorted(waits)[len(waits) // 2]:.1f} s, max {max(waits):.1f} s"
             )
+    if r.uploads or r.multipart_errors:
+        print(
+            f"  multipart uploads: {len(r.uploads)} created before the load, "
+            f"{len(r.completed)} completed after it "
+            f"({sum(len(u.etags) for u in r.uploads)} parts); {len(r.multipart_errors)} errors"
+        )
+        for line in r.multipart_errors[:5]:
+            print(f"  ! {line}")
     bad = [o for o in r.outcomes if o.result in ("error", "corrupt", "timeout")]
     for o in bad[:8]:
         print(f"  ! {o.op} {o.kind} {o.result}: {o.detail}")
@@ -862,7 +1129,8 @@ def print_report(r: Report, args) -> None:
         print(f"  ! ... {len(bad) - 8} more")
     if r.verify_ok or r.verify_bad:
         print(
-            f"  PUT read-back sample: {r.verify_ok} byte-identical, {len(r.verify_bad)} different"
+            f"  read-back sample (PUTs; parts by Range of their completed upload): {r.verify_ok}"
+            f" byte-identical, {len(r.verify_bad)} different"
         )
         for line in r.verify_bad[:5]:
             print(f"  ! {line}")
@@ -893,6 +1161,8 @@ def print_report(r: Report, args) -> None:
     for (op, status), n in log["requests"].items():
         statuses[f"{op} {status}"] += n
     print(f"  proxy log during the load: {dict(sorted(statuses.items()))}")
+    if not log["requests"] and r.outcomes:
+        print("  ! no request line of the proxy log was recognised: has its format changed?")
     cut = sum(log["cut"].values())
     drops = r.count("dropped")
     print(
@@ -945,15 +1215,35 @@ def summary(reports: list[Report], args) -> str:
 
 def parse_args() -> argparse.Namespace:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    p.add_argument("--quick", action="store_true", help="small sizes: a ~1 minute smoke run")
-    p.add_argument("--only", nargs="+", help="run only these scenarios (get90 get200 put192 mixed)")
-    p.add_argument("--objects", type=int, default=4, help="distinct GET objects")
+    p.add_argument("--quick", action="store_true", help="small sizes: a ~3 minute smoke run")
+    p.add_argument(
+        "--only",
+        nargs="+",
+        help="run only these scenarios (get90 get200 mpget90 mpget200 put192 part192 mixed; "
+        "get, mpget, put, part select all of a kind)",
+    )
+    p.add_argument(
+        "--no-multipart",
+        action="store_true",
+        help="no multipart objects, UploadParts or mp*/part* scenarios",
+    )
+    p.add_argument("--objects", type=int, default=4, help="distinct GET objects (of each kind)")
     p.add_argument("--object-mib", type=int, default=64)
+    p.add_argument("--mp-part-mib", type=int, default=8, help="part size of the multipart objects")
     p.add_argument("--get-concurrency", type=int, nargs="+", default=[90, 200])
     p.add_argument("--puts", type=int, default=192)
     p.add_argument("--put-mib", type=int, default=16)
-    p.add_argument("--mixed-puts", type=int, default=64)
+    p.add_argument("--parts", type=int, default=192, help="UploadParts of the part* scenario")
+    p.add_argument("--part-mib", type=int, default=16, help="UploadPart size")
+    p.add_argument("--part-uploads", type=int, default=4, help="uploads the parts go into")
+    p.add_argument("--mixed-puts", type=int, default=64, help="PUTs + UploadParts in mixed")
     p.add_argument("--mixed-gets", type=int, default=128)
+    p.add_argument(
+        "--mixed-multipart",
+        type=float,
+        default=0.5,
+        help="share of mixed's uploads that are UploadParts and of its GETs on multipart objects",
+    )
     p.add_argument("--slow-fraction", type=float, default=0.1)
     p.add_argument("--drop-fraction", type=float, default=0.2)
     p.add_argument("--slow-seconds", type=float, default=4.0)
@@ -965,7 +1255,12 @@ def parse_args() -> argparse.Namespace:
     p.add_argument("--rss-target-mib", type=int, default=200)
     p.add_argument("--scenario-timeout", type=float, default=240)
     p.add_argument("--probe-wait", type=float, default=10)
-    p.add_argument("--verify-sample", type=int, default=24, help="PUTs read back per scenario")
+    p.add_argument(
+        "--verify-sample",
+        type=int,
+        default=24,
+        help="PUTs (and as many parts) read back per scenario",
+    )
     p.add_argument("--log-dir", type=Path, help="keep the proxy logs here (default: /tmp/...)")
     p.add_argument("--seed", type=int, default=1)
     if "--quick" in sys.argv[1:]:
@@ -975,6 +1270,10 @@ def parse_args() -> argparse.Namespace:
             objects=2,
             puts=64,
             put_mib=4,
+            mp_part_mib=5,
+            parts=64,
+            part_mib=5,
+            part_uploads=2,
             mixed_puts=32,
             mixed_gets=64,
             slow_seconds=1.0,
@@ -988,10 +1287,27 @@ def parse_args() -> argparse.Namespace:
 def main() -> int:
     args = parse_args()
     started = time.perf_counter()
+    multipart = not args.no_multipart
+    mp_parts = -(-args.object_mib // args.mp_part_mib)
+    mp_layout = f"{mp_parts} parts of {args.mp_part_mib} MiB"
+    if args.object_mib % args.mp_part_mib:
+        mp_layout += f", the last {args.object_mib % args.mp_part_mib} MiB"
     scenarios = [
         Scenario(f"get{n}", n, 0, f"{n} concurrent GETs of {args.object_mib} MiB encrypted objects")
         for n in args.get_concurrency
     ]
+    if multipart:
+        scenarios += [
+            Scenario(
+                f"mpget{n}",
+                0,
+                0,
+                f"{n} concurrent GETs of {args.object_mib} MiB multipart-encrypted objects "
+                f"({mp_layout})",
+                mp_gets=n,
+            )
+            for n in args.get_concurrency
+        ]
     scenarios.append(
         Scenario(
             "put" + str(args.puts),
@@ -1000,15 +1316,39 @@ def main() -> int:
             f"{args.puts} concurrent PUTs of {args.put_mib} MiB",
         )
     )
-    scenarios.append(
-        Scenario(
-            "mixed",
-            args.mixed_gets,
-            args.mixed_puts,
-            f"{args.mixed_puts} PUTs of {args.put_mib} MiB + {args.mixed_gets} GETs of "
-            f"{args.object_mib} MiB at once",
+    if multipart:
+        uploads = min(args.part_uploads, args.parts)
+        scenarios.append(
+            Scenario(
+                "part" + str(args.parts),
+                0,
+                0,
+                f"{args.parts} concurrent UploadParts of {args.part_mib} MiB into {uploads} "
+                "multipart uploads",
+                parts=args.parts,
+                uploads=uploads,
+            )
         )
+    share = args.mixed_multipart if multipart else 0.0
+    mixed_parts = round(args.mixed_puts * share)
+    mixed_mp_gets = round(args.mixed_gets * share)
+    mixed = Scenario(
+        "mixed",
+        args.mixed_gets - mixed_mp_gets,
+        args.mixed_puts - mixed_parts,
+        f"{args.mixed_puts - mixed_parts} PUTs of {args.put_mib} MiB + "
+        f"{args.mixed_gets - mixed_mp_gets} GETs of {args.object_mib} MiB at once",
+        mp_gets=mixed_mp_gets,
+        parts=mixed_parts,
+        uploads=min(max(1, args.part_uploads // 2), mixed_parts),
     )
+    if multipart:
+        mixed.note = (
+            f"at once: {mixed.puts} PUTs and {mixed.parts} UploadParts (into {mixed.uploads} "
+            f"upload{'s' if mixed.uploads != 1 else ''}) of {args.put_mib}/{args.part_mib} MiB, {mixed.gets} GETs of the "
+            f"single-PUT and {mixed.mp_gets} of the multipart {args.object_mib} MiB objects"
+        )
+    scenarios.append(mixed)
     if args.only:
         scenarios = [
             sc
@@ -1034,10 +1374,8 @@ def main() -> int:
             probe.remove()
     else:
         print("NOTE: running WITHOUT a memory cap (--no-cgroup)")
-    print(
-        "Multipart uploads are not implemented by trios3 yet (501): the objects are single-PUT "
-        "encrypted objects and UploadPart traffic is PutObject traffic."
-    )
+    if not multipart:
+        print("--no-multipart: single-PUT objects and PutObjects only")
     per_request = stream_window(fmt.DEFAULT_SEGMENT_SIZE)
     print(
         f"budget {args.budget_mib} MiB, {per_request // KiB} KiB leased per GET/PUT -> "
@@ -1054,6 +1392,7 @@ def main() -> int:
         retries=args.retries,
         slow_for=args.slow_seconds,
         rng_seed=args.seed,
+        part_size=args.part_mib * MiB,
     )
     reports: list[Report] = []
     with (
@@ -1063,29 +1402,48 @@ def main() -> int:
         objects = [
             (f"object-{i}", digest_of(f"object-{i}", s.object_size)) for i in range(args.objects)
         ]
+        mp_objects = [
+            (f"mp-object-{i}", digest_of(f"mp-object-{i}", s.object_size))
+            for i in range(args.objects if multipart else 0)
+        ]
         ctx = {
             "cgroup": use_cgroup,
             "secret": secret,
             "master": master,
             "objects": objects,
+            "mp_objects": mp_objects,
             "log_dir": log_dir,
         }
         # Set-up through a proxy of its own, so that every scenario's proxy starts fresh.
         setup = start_proxy(weed, secret, master, log_dir / "proxy-setup.log", args, None)
         try:
-            trio.run(upload_objects, Client(setup.port, secret), s, objects)
+            trio.run(
+                upload_objects,
+                Client(setup.port, secret),
+                s,
+                objects,
+                mp_objects,
+                args.mp_part_mib * MiB,
+            )
         finally:
             stop_proxy(setup)
         print(f"uploaded {len(objects)} objects of {args.object_mib} MiB through the proxy")
+        if mp_objects:
+            print(
+                f"uploaded {len(mp_objects)} multipart objects of {args.object_mib} MiB "
+                f"({mp_layout}) through the proxy"
+            )
         for sc in scenarios:
             print(f"running {sc.name}: {sc.note} ...", flush=True)
             report = trio.run(run_scenario, sc, weed, ctx, args, s)
             reports.append(report)
             print_report(report, args)
 
-    target = next((r for r in reports if r.name == f"get{max(args.get_concurrency)}"), None)
+    top = max(args.get_concurrency)
+    targets = [r for r in reports if r.name in (f"get{top}", f"mpget{top}")]
     print(
-        "\n== summary (ok = verified GETs + stored PUTs; verif = byte-identical GETs + PUT read-backs)\n"
+        "\n== summary (ok = verified GETs + stored PUTs and parts; verif = byte-identical GETs"
+        " + read-backs)\n"
     )
     print(summary(reports, args))
     print()
@@ -1099,7 +1457,9 @@ def main() -> int:
             not any(r.hung for r in reports),
         ),
     ]
-    if target is not None and target.hwm_kib is not None:
+    for target in targets:
+        if target.hwm_kib is None:
+            continue
         checks.append(
             (
                 f"peak RSS at {target.name} under {args.rss_target_mib} MiB "
@@ -1114,7 +1474,13 @@ def main() -> int:
     return 1 if any(r.failed for r in reports) else 0
 
 
-async def upload_objects(client: Client, s: Settings, objects: list[tuple[str, bytes]]) -> None:
+async def upload_objects(
+    client: Client,
+    s: Settings,
+    objects: list[tuple[str, bytes]],
+    mp_objects: list[tuple[str, bytes]],
+    mp_part_size: int,
+) -> None:
     conn = await client.connect()
     await conn.stream.send_all(client.head_bytes("PUT", f"/{s.bucket}", 0))
     if await conn.head() != 200:
@@ -1125,6 +1491,13 @@ async def upload_objects(client: Client, s: Settings, objects: list[tuple[str, b
         out = await put_request(client, put, key, random.Random(0))
         if out.result != "stored":
             raise SystemExit(f"upload of {key} failed: {out.result} {out.detail}")
+    for key, _ in mp_objects:
+        try:
+            await upload_multipart_object(client, put, key, s.object_size, mp_part_size)
+        except MultipartFailure as exc:
+            raise SystemExit(
+                f"multipart upload of {key} failed: {exc}\n(--no-multipart runs without them)"
+            ) from None
 
 
 if __name__ == "__main__":
