@@ -1551,3 +1551,24 @@ def test_a_dropped_middle_part_is_detected() -> None:
         read(obj, 0, layout.plaintext_size - 1)
     # The reader's shortcut refuses it too: the last header names part 4, not part 3.
     assert uniform_layout(len(dropped), 3, T.headers[0], T.headers[3], S) is None
+
+
+def test_a_window_from_a_parts_first_segment_may_carry_that_parts_header() -> None:
+    sizes = [3 * S + 5, 3 * S + 5, 2 * S]
+    obj = seal_object(sizes)
+    starts = [0] + [sum(sizes[:n]) for n in range(1, len(sizes))]
+    for start, end in [(starts[1], starts[2] + 10), (starts[1] + S - 1, starts[1] + S), (0, 5)]:
+        opener = MultipartOpener(KEY, obj.layout, start, end, None)
+        window_start, window_end = opener.window
+        assert window_start == obj.layout.place(obj.layout.part_at(start)).stored_start
+        out = b"".join(opener.feed(obj.stored[window_start : window_end + 1]))
+        out += b"".join(opener.finish())
+        assert out == obj.plain[start : end + 1]
+    with pytest.raises(ValueError):  # past the first segment the header is not in reach
+        MultipartOpener(KEY, obj.layout, starts[1] + S, starts[1] + S + 1, None)
+    # A header in the stream that names another part is refused.
+    opener = MultipartOpener(KEY, obj.layout, starts[1], starts[1] + 10, None)
+    window_start, window_end = opener.window
+    forged = obj.stored[:window_start] + obj.headers[2].encode()
+    with pytest.raises(TamperedError):
+        opener.feed(forged[window_start:])

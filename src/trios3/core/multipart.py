@@ -409,8 +409,10 @@ class MultipartOpener:
     contiguous stored window (:attr:`window`), part after part.
 
     The window starts at the first needed segment of the first part, whose header the caller
-    supplies (it sits before the window); later parts' headers are read from the stream and
-    must name the part and size the layout expects. ``start=0, end=-1`` reads an empty object.
+    supplies (it sits before the window). Without it, the window starts at that header
+    instead, which only a range starting in the part's first segment may ask for. Every
+    header read from the stream must name the part and size the layout expects.
+    ``start=0, end=-1`` reads an empty object.
     """
 
     def __init__(
@@ -419,7 +421,7 @@ class MultipartOpener:
         layout: Layout,
         start: int,
         end: int,
-        first_header: PartHeader,
+        first_header: PartHeader | None,
     ) -> None:
         self._data_key = data_key
         self._layout = layout
@@ -434,8 +436,13 @@ class MultipartOpener:
         self._next, self._last_part = first_part, last_part
         first_place, first_span = self._part_plan(first_part)
         last_place, last_span = self._part_plan(last_part)
+        window_start = first_place.stored_start + PART_HEADER_SIZE + first_span.stored_start
+        if first_header is None:
+            if first_span.first_segment != 0:
+                raise ValueError("only a range from a part's first segment reads its header")
+            window_start = first_place.stored_start
         self.window = (
-            first_place.stored_start + PART_HEADER_SIZE + first_span.stored_start,
+            window_start,
             last_place.stored_start + PART_HEADER_SIZE + last_span.stored_end,
         )
         self.length = 0 if size == 0 else end - start + 1
@@ -444,7 +451,8 @@ class MultipartOpener:
         self._stored_left = 0
         self._skip = 0
         self._left = 0
-        self._open_part(first_header)
+        if first_header is not None:
+            self._open_part(first_header)
 
     def _part_plan(self, number: int) -> tuple[PartPlace, fmt.SegmentSpan]:
         """Where part ``number`` is, and which of its segments the range needs (computed per

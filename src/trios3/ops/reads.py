@@ -122,11 +122,14 @@ async def decrypt_range(
     end: int,
 ) -> AsyncIterator[bytes]:
     """Plaintext bytes ``start..end`` (``0, -1`` for an empty object), streamed: one GET of
-    exactly the segments they need, plus the first part's header when it is not known."""
+    exactly the segments they need. The first part's header, when it is not known, comes in
+    the same GET if the range starts in that part's first segment (as ranges aligned to parts
+    do: aws cli and boto3 download in part-sized ranges), else from a read of its own."""
     first_part = layout.part_at(start) if end >= start else 1
     header = known.get(first_part)
-    if header is None:
-        header = await read_header(backend, obj, layout.place(first_part).stored_start)
+    place = layout.place(first_part)
+    if header is None and max(start, 0) - place.plaintext_start >= layout.segment_size:
+        header = await read_header(backend, obj, place.stored_start)
     opener = mp.MultipartOpener(data_key, layout, start, end, header)
     async with pinned_window(backend, obj, *opener.window) as response:
         async for chunk in response.aiter_raw():
