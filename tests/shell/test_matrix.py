@@ -71,9 +71,12 @@ RANGE = (200_000, 1_500_000)
 MiB = 1024 * 1024
 PARTS = (5 * MiB, 1 * MiB)  # the multipart object's part sizes
 MULTIPART_RANGE = (4_000_000, 6_000_000)  # crosses the part boundary at 5 MiB
-# A multipart GET reads its object DATA_WINDOW times before the data window: a first window
-# (which shows the format), then the first and the last part's headers (docs/FORMAT.md).
-DATA_WINDOW = 3
+# How many times a multipart GET reads its object before the data window, and in all. A whole
+# GET streams its data from its first read (the first part's header is its first bytes) and
+# reads the last part's header apart; a ranged GET reads a first window (which shows the
+# format), then the first and the last part's headers, then the data (docs/FORMAT.md).
+DATA_WINDOW = {"get_multipart": 0, "range_multipart": 3}
+READS = {"get_multipart": 2, "range_multipart": 4}
 OPS = [
     "get",
     "range",
@@ -262,7 +265,7 @@ def backend_request(op: str, objects: Objects, target: str) -> tuple[str, str, i
     if op in ("get", "range"):
         return "GET", f"/{bucket}/{objects.encrypted}", 0
     if op in MULTIPART_GETS:
-        return "GET", f"/{bucket}/{objects.multipart}", DATA_WINDOW
+        return "GET", f"/{bucket}/{objects.multipart}", DATA_WINDOW[op]
     if op == "copy_foreign":
         return "GET", f"/{bucket}/{objects.foreign}", 0
     if op == "upload_part":
@@ -616,8 +619,8 @@ async def test_client_disconnects(make_app, backend, objects, op, point):
 
 
 async def test_client_disconnects_while_multipart_layout_is_read(make_fake_app, fake, objects):
-    """Before the status line of a multipart GET: its first part-header read is held by the
-    fake when the client goes."""
+    """Before the status line of a multipart GET: its read of a part header (the last part's,
+    the second read of a whole GET) is held by the fake when the client goes."""
     app = await make_fake_app()
     header = fake.script("GET", f"/{objects.bucket}/{objects.multipart}", "hang", skip=1)
     method, path, headers, sign = request_for("get_multipart", objects, "")
@@ -783,7 +786,7 @@ async def test_backend_fails_mid_stream(make_fake_app, fake, backend, objects, o
     call, start, body, finished = await run_to_end(app, op, objects, target)
     assert script.triggered.is_set()
     if op in MULTIPART_GETS:
-        assert fake.seen.count((method_, path_)) == DATA_WINDOW + 1
+        assert fake.seen.count((method_, path_)) == READS[op]
     if op in STREAMED_GETS:
         assert start["status"] == get_status(op)
         assert not finished
@@ -799,7 +802,7 @@ async def test_backend_fails_mid_stream(make_fake_app, fake, backend, objects, o
 
 
 async def test_backend_fails_while_multipart_layout_is_read(make_fake_app, fake, objects):
-    """Before the status line of a multipart GET: the first part-header read is cut."""
+    """Before the status line of a multipart GET: its part-header read is cut."""
     app = await make_fake_app()
     script = fake.script("GET", f"/{objects.bucket}/{objects.multipart}", "cut", 10, skip=1)
     call, start, body, finished = await run_to_end(app, "get_multipart", objects, "")
@@ -817,7 +820,7 @@ async def test_backend_fails_while_multipart_layout_is_read(make_fake_app, fake,
 # "before": the backend never answers the request (for a PUT or an UploadPart: never reads the
 # upload nor answers it; for a multipart GET: its data window). "mid_body": it sends the status
 # line and part of the body, then nothing (only for requests whose response body is streamed).
-# "header": a multipart GET's first part-header read is never answered. The app's backend
+# "header": a multipart GET's part-header read is never answered. The app's backend
 # silence timeout ends it.
 
 SILENCE = 0.5

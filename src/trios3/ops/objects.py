@@ -26,7 +26,7 @@ import trio
 from trios3.backend import Backend, backend_error, read_limited
 from trios3.core import format as fmt
 from trios3.core import multipart as mp
-from trios3.core.errors import S3Error
+from trios3.core.errors import S3Error, TamperedError
 from trios3.core.etag import client_etag
 from trios3.core.keys import Envelope
 from trios3.core.ranges import content_range, parse_range, stored_window
@@ -142,6 +142,10 @@ async def get_object(ex: Exchange) -> None:
                     return
                 fetched = Fetched.of(response)
                 if envelope.version == mp.VERSION:
+                    whole = fetched.start == 0 and fetched.end == fetched.total - 1
+                    if whole and client_range is None and "partNumber" not in ex.target.query:
+                        await _get_multipart_whole(ex, response, envelope, fetched, query)
+                        return
                     break
                 _check_part_number(ex)
                 size = fmt.plaintext_size(fetched.total, envelope.segment_size)
@@ -179,6 +183,50 @@ async def get_object(ex: Exchange) -> None:
         )
         async with prefetched(plaintext, PIPELINE_DEPTH) as pieces:
             await _send_stream(ex, status, out, pieces)
+
+
+async def _get_multipart_whole(
+    ex: Exchange,
+    response: httpx.Response,
+    envelope: Envelope,
+    fetched: Fetched,
+    query: list[tuple[str, str]],
+) -> None:
+    """A whole multipart object from the one backend response that is already streaming it:
+    the first part's header is its first bytes, and only the last part's header is read
+    apart (trios3.ops.reads.find_layout) before the status line."""
+    stream = response.aiter_raw()
+    head = b""
+    while len(head) < mp.PART_HEADER_SIZE:
+        chunk = await anext(stream, None)
+        if chunk is None:
+            raise TamperedError("the stored object ends inside its first part header")
+        head += chunk
+    head, rest = head[: mp.PART_HEADER_SIZE], head[mp.PART_HEADER_SIZE :]
+    first = mp.PartHeader.parse(head)
+    stored = reads.StoredObject(
+        ex.bucket, ex.key, query, response.headers.get("etag", ""), fetched.total
+    )
+    data_key = ex.services.keyring.open(envelope, ex.bucket, ex.key)
+    backend = ex.services.backend
+    layout, known = await reads.find_layout(backend, stored, envelope.segment_size, first)
+    out = hdr.object_response_headers(response.headers, encrypted=True)
+    start, end, status = _multipart_range(ex, layout, out)
+    opener = mp.MultipartOpener(data_key, layout, start, end, known[1])
+    if opener.window != (mp.PART_HEADER_SIZE, fetched.total - 1):
+        raise TamperedError("the part headers do not add up to the stored size")
+
+    async def plaintext() -> AsyncIterator[bytes]:
+        for piece in opener.feed(rest):
+            yield piece
+        async for chunk in stream:
+            for piece in opener.feed(chunk):
+                yield piece
+        for piece in opener.finish():
+            yield piece
+
+    async with prefetched(plaintext(), PIPELINE_DEPTH) as pieces:
+        await _send_stream(ex, status, out, pieces)
 
 
 def _multipart_range(

@@ -71,11 +71,13 @@ async def read_header(backend: Backend, obj: StoredObject, offset: int) -> mp.Pa
 
 
 async def find_layout(
-    backend: Backend, obj: StoredObject, segment_size: int
+    backend: Backend, obj: StoredObject, segment_size: int, first: mp.PartHeader | None = None
 ) -> tuple[mp.Layout, dict[int, mp.PartHeader]]:
-    """The object's layout and the part headers read on the way (by part number)."""
+    """The object's layout and the part headers read on the way (by part number); ``first``
+    is the first part's header when the caller has it already."""
     count = part_count(obj.etag)
-    first = await read_header(backend, obj, 0)
+    if first is None:
+        first = await read_header(backend, obj, 0)
     headers = {1: first}
     if count is not None and count <= mp.MAX_PART_NUMBER:
         last = first
