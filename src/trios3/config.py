@@ -42,6 +42,7 @@ class Config:
     body_timeout: float = 60.0
     send_timeout: float = 120.0
     max_requests: int = 256
+    max_connections: int = 1024
     backend_timeout: float = 300.0
     shutdown_timeout: float = 30.0
     require_encrypted: bool = False
@@ -64,6 +65,7 @@ OPTIONS = {
     "body-timeout": ("60", "seconds a client may pause while sending a request body"),
     "send-timeout": ("120", "seconds a client may leave response bytes unread (TCP_USER_TIMEOUT)"),
     "max-requests": ("256", "requests in flight at once; more get 503 SlowDown"),
+    "max-connections": ("1024", "client connections at once; more wait to be accepted"),
     "backend-timeout": ("300", "seconds the backend may stay silent in a request"),
     "shutdown-timeout": ("30", "seconds in-flight requests may take to finish after SIGTERM"),
 }
@@ -299,6 +301,9 @@ def build_config(args: argparse.Namespace, environ: Mapping[str, str]) -> Config
     max_requests = str(args.max_requests)
     if not max_requests.isdigit() or int(max_requests) < 1:
         raise ConfigError(f"--max-requests: expected a positive number, got {max_requests!r}")
+    max_connections = str(args.max_connections)
+    if not max_connections.isdigit() or int(max_connections) < 1:
+        raise ConfigError(f"--max-connections: expected a positive number, got {max_connections!r}")
     key = load_keyring(args.key_file, environ)
     creds = load_credentials(args.credentials, environ)
     data_dir = Path(args.data_dir)
@@ -331,6 +336,7 @@ def build_config(args: argparse.Namespace, environ: Mapping[str, str]) -> Config
         body_timeout=body_timeout,
         send_timeout=send_timeout,
         max_requests=int(max_requests),
+        max_connections=int(max_connections),
         backend_timeout=backend_timeout,
         shutdown_timeout=shutdown_timeout,
         require_encrypted=bool(args.require_encrypted),

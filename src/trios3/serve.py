@@ -1,4 +1,5 @@
-"""Serving: hypercorn's trio worker, configured for S3 traffic, and the embedded backend.
+"""Serving: hypercorn's trio worker, configured for S3 traffic and with a connection cap, and
+the embedded backend.
 
 Everything the server runs (hypercorn, the backend client, the embedded SeaweedFS) lives in
 one nursery: when serving ends, all of it ends.
@@ -14,7 +15,11 @@ from contextlib import contextmanager
 
 import trio
 from hypercorn.config import Config as HypercornConfig
-from hypercorn.trio import serve as hypercorn_serve
+from hypercorn.trio.lifespan import Lifespan
+from hypercorn.trio.tcp_server import TCPServer
+from hypercorn.trio.worker_context import WorkerContext
+from hypercorn.typing import ConnectionState
+from hypercorn.utils import wrap_app
 
 from trios3.app import ProxySettings, S3Proxy
 from trios3.backend import BackendSettings, open_backend
@@ -79,6 +84,89 @@ def hypercorn_config(
     return hc
 
 
+class _Connection(TCPServer):
+    """Hypercorn's connection handler, ending as soon as the client has gone: its idle timer
+    would otherwise keep a closed connection (and its slot) for ``keep_alive_timeout``."""
+
+    async def _read_data(self) -> None:
+        await super()._read_data()
+        await self.idle_task.stop()
+
+
+async def serve_connections(
+    app,
+    hc: HypercornConfig,
+    max_connections: int,
+    *,
+    shutdown_trigger,
+    task_status=trio.TASK_STATUS_IGNORED,
+) -> None:
+    """Hypercorn's trio worker loop (``hypercorn.trio.run.worker_serve``) with one change:
+    at most ``max_connections`` connections at once. A connection past the cap is not
+    accepted until one ends: it waits in the kernel's listen backlog, so clients see a slow
+    connect rather than an error, and idle or slow connections can never pile up without
+    bound. Shutdown is hypercorn's: stop accepting, give requests in flight
+    ``graceful_timeout`` seconds, then cancel them.
+    """
+    asgi = wrap_app(app, hc.wsgi_max_body_size, None)
+    lifespan_state: dict = {}
+    lifespan = Lifespan(asgi, hc, lifespan_state)
+    context = WorkerContext(None)
+    slots = trio.CapacityLimiter(max_connections)
+
+    async def connection(stream, slot: object) -> None:
+        try:
+            await _Connection(asgi, hc, context, ConnectionState(lifespan_state.copy()), stream)
+        finally:
+            # As trio.serve_listeners does: a handler may return without closing (a failed
+            # TLS handshake does).
+            await trio.aclose_forcefully(stream)
+            slots.release_on_behalf_of(slot)
+
+    async def accept(listener, connections) -> None:
+        async with listener:
+            while True:
+                slot = object()
+                await slots.acquire_on_behalf_of(slot)
+                try:
+                    stream = await listener.accept()
+                except BaseException:
+                    slots.release_on_behalf_of(slot)
+                    raise
+                connections.start_soon(connection, stream, slot)
+
+    async with trio.open_nursery() as lifespan_nursery:
+        await lifespan_nursery.start(lifespan.handle_lifespan)
+        await lifespan.wait_for_startup()
+        async with trio.open_nursery() as connections:
+            sockets = hc.create_sockets()
+            listeners = []
+            binds = []
+            ssl_context = hc.create_ssl_context()
+            for sock in sockets.insecure_sockets + sockets.secure_sockets:
+                sock.listen(hc.backlog)
+                listener = trio.SocketListener(trio.socket.from_stdlib_socket(sock))
+                scheme = "http"
+                if ssl_context is not None:
+                    listener = trio.SSLListener(listener, ssl_context, https_compatible=True)
+                    scheme = "https"
+                listeners.append(listener)
+                host, port = sock.getsockname()[:2]
+                binds.append(f"{scheme}://{host}:{port}")
+            task_status.started(binds)
+            try:
+                async with trio.open_nursery() as accepting:
+                    for listener in listeners:
+                        accepting.start_soon(accept, listener, connections)
+                    await shutdown_trigger()
+                    accepting.cancel_scope.cancel()
+            finally:
+                await context.terminated.set()
+                connections.cancel_scope.deadline = trio.current_time() + hc.graceful_timeout
+        await lifespan.wait_for_shutdown()
+        lifespan_nursery.cancel_scope.cancel()
+
+
 def proxy_settings(config: Config, backend: BackendSettings) -> ProxySettings:
     return ProxySettings(
         credentials=dict(config.credentials),
@@ -118,9 +206,10 @@ async def serve(
         with listening_socket(config.listen, config.send_timeout) as sock:
             async with open_backend(backend) as client:
                 app = S3Proxy(proxy_settings(config, backend), client)
-                await hypercorn_serve(
+                await serve_connections(
                     app,
                     hypercorn_config(config, sock, config.shutdown_timeout),
+                    config.max_connections,
                     shutdown_trigger=shutdown_trigger,
                     task_status=task_status,
                 )

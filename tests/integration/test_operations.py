@@ -164,3 +164,32 @@ def test_json_logs_one_line_per_request_without_secrets(seaweedfs, tmp_path, buc
     for secret in (endpoint.secret_key, endpoint.master_key, seaweedfs.secret_key):
         assert secret not in text
     assert data.hex()[:32] not in text
+
+
+def test_connections_past_the_cap_wait_to_be_accepted(seaweedfs, tmp_path):
+    import socket
+
+    process, endpoint, log = start_proxy(seaweedfs, tmp_path, extra=["--max-connections", "2"])
+    host, port = endpoint.url.removeprefix("http://").rsplit(":", 1)
+    request = f"GET /healthz HTTP/1.1\r\nhost: {host}\r\n\r\n".encode()
+    held = []
+    try:
+        for _ in range(2):
+            sock = socket.create_connection((host, int(port)), timeout=10)
+            sock.sendall(request)
+            assert sock.recv(65536).startswith(b"HTTP/1.1 200")  # accepted and kept alive
+            held.append(sock)
+        waiting = socket.create_connection((host, int(port)), timeout=10)  # in the backlog
+        waiting.sendall(request)
+        waiting.settimeout(1.5)
+        with pytest.raises(TimeoutError):  # not accepted while two connections are open
+            waiting.recv(65536)
+        held.pop().close()
+        waiting.settimeout(10)
+        assert waiting.recv(65536).startswith(b"HTTP/1.1 200")
+        waiting.close()
+    finally:
+        for sock in held:
+            sock.close()
+        _stop(process)
+        log.close()
