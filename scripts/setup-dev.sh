@@ -17,3 +17,5 @@ fi
 python3.11 -m venv .venv 2>/dev/null || python3 -m venv .venv
 .venv/bin/pip install -q --upgrade pip
 .venv/bin/pip install -q -e '.[embedded,test]'
+# The other clients of the client suite: restic 0.18, aws cli v2, s3cmd, the JavaScript SDK.
+bash scripts/install-clients.sh

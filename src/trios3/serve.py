@@ -15,6 +15,7 @@ from contextlib import contextmanager
 
 import trio
 from hypercorn.config import Config as HypercornConfig
+from hypercorn.events import Event, RawData, Updated
 from hypercorn.trio.lifespan import Lifespan
 from hypercorn.trio.tcp_server import TCPServer
 from hypercorn.trio.worker_context import WorkerContext
@@ -85,12 +86,35 @@ def hypercorn_config(
 
 
 class _Connection(TCPServer):
-    """Hypercorn's connection handler, ending as soon as the client has gone: its idle timer
-    would otherwise keep a closed connection (and its slot) for ``keep_alive_timeout``."""
+    """Hypercorn's connection handler, with two repairs.
+
+    - It ends as soon as the client has gone: hypercorn's idle timer would otherwise keep a
+      closed connection (and its slot) for ``keep_alive_timeout``.
+    - Its ``100 Continue`` carries the reason phrase: h11 sends ``HTTP/1.1 100 \\r\\n``, and the
+      botocore inside aws cli v2 (aws/aws-cli#9702) wants three words in that line, or it
+      never sends the body. Only the bytes before a request's response head are looked at,
+      never a body.
+    """
+
+    _before_head = True  # no response head sent yet for the current request
 
     async def _read_data(self) -> None:
         await super()._read_data()
         await self.idle_task.stop()
+
+    async def protocol_send(self, event: Event) -> None:
+        if isinstance(event, Updated) and not event.idle:
+            self._before_head = True  # a request has come in
+        elif isinstance(event, RawData) and self._before_head:
+            if event.data.startswith(_BARE_CONTINUE):
+                rest = event.data[len(_BARE_CONTINUE) :]
+                event = RawData(b"HTTP/1.1 100 Continue\r\n" + rest, event.address)
+            elif event.data.startswith(b"HTTP/1.1 "):
+                self._before_head = False
+        await super().protocol_send(event)
+
+
+_BARE_CONTINUE = b"HTTP/1.1 100 \r\n"
 
 
 async def serve_connections(

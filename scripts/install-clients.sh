@@ -1,0 +1,123 @@
+#!/usr/bin/env bash
+# Install the client tools of the client suite (tests/clients) that scripts/setup-dev.sh does not:
+#   - restic 0.18 (Debian trixie's static binary; setup-dev.sh installs bookworm's 0.14),
+#   - aws cli v2: Debian bookworm's 2.9.19 (/usr/bin/aws) and trixie's 2.23 (in its own venv),
+#   - s3cmd (Debian's package),
+#   - the AWS SDK for JavaScript v3 (npm ci from tests/clients/js/package-lock.json).
+# Everything that is not a Debian package goes to .clients/ (ignored by git); the tests find
+# .clients/bin/restic-0.18, .clients/bin/aws-2.23 and .clients/js/node_modules there.
+# Debian packages need root (as in CI); without it they are skipped and their tests skip.
+# Safe to run again: whatever is installed already is kept.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+REPO=$PWD
+CLIENTS=$REPO/.clients
+mkdir -p "$CLIENTS/bin"
+export DEBIAN_FRONTEND=noninteractive
+is_root() { [ "$(id -u)" = 0 ]; }
+say() { echo "install-clients: $*"; }
+
+# --- Debian bookworm packages: s3cmd 2.3.0 and aws cli v2 2.9.19 --------------------------------
+if command -v apt-get >/dev/null && is_root; then
+    missing=()
+    command -v s3cmd >/dev/null || missing+=(s3cmd)
+    [ -x /usr/bin/aws ] || missing+=(awscli)
+    if [ "${#missing[@]}" -gt 0 ]; then
+        say "apt-get install ${missing[*]}"
+        apt-get update -qq
+        apt-get install -y -qq --no-install-recommends "${missing[@]}" >/dev/null
+    fi
+else
+    say "not root or no apt-get: s3cmd and /usr/bin/aws (aws cli 2.9) not installed"
+fi
+
+# --- Debian trixie's restic 0.18 and awscli 2.23, with a private apt state ---------------------
+# Only these two .debs are downloaded and unpacked into .clients/: the system's apt state and
+# packages are left alone. trixie's restic is a static Go binary; its awscli is pure Python.
+if [ ! -x "$CLIENTS/bin/restic-0.18" ] || [ ! -x "$CLIENTS/bin/aws-2.23" ]; then
+    if ! command -v apt-get >/dev/null; then
+        say "no apt-get: restic 0.18 and aws cli 2.23 not installed"
+    else
+        APT=$CLIENTS/apt
+        mkdir -p "$APT/lists/partial" "$APT/cache/archives/partial" "$APT/sources" "$APT/debs"
+        if [ -f /etc/apt/sources.list.d/debian.sources ]; then
+            # The first stanza (the main archive, with the machine's mirror), for trixie.
+            awk 'BEGIN { RS = ""; ORS = "\n" } NR == 1' /etc/apt/sources.list.d/debian.sources |
+                sed -e 's/^Suites:.*/Suites: trixie/' -e '/^#/d' >"$APT/sources/trixie.sources"
+        else
+            cat >"$APT/sources/trixie.sources" <<'EOF'
+Types: deb
+URIs: http://deb.debian.org/debian
+Suites: trixie
+Components: main
+Signed-By: /usr/share/keyrings/debian-archive-keyring.gpg
+EOF
+        fi
+        apt_private=(
+            -o "Dir::State::Lists=$APT/lists"
+            -o "Dir::Cache=$APT/cache"
+            -o "Dir::Etc::SourceList=/dev/null"
+            -o "Dir::Etc::SourceParts=$APT/sources"
+            -o "Debug::NoLocking=1"
+            -o "APT::Sandbox::User=root"
+        )
+        say "downloading restic and awscli from Debian trixie"
+        apt-get "${apt_private[@]}" update -qq
+        (cd "$APT/debs" && apt-get "${apt_private[@]}" download -qq restic awscli)
+        if [ ! -x "$CLIENTS/bin/restic-0.18" ]; then
+            rm -rf "$CLIENTS/restic-0.18"
+            dpkg -x "$APT"/debs/restic_0.18.*_amd64.deb "$CLIENTS/restic-0.18"
+            ln -sf ../restic-0.18/usr/bin/restic "$CLIENTS/bin/restic-0.18"
+        fi
+        if [ ! -x "$CLIENTS/bin/aws-2.23" ]; then
+            AWS2=$CLIENTS/awscli-2.23
+            rm -rf "$AWS2"
+            dpkg -x "$APT"/debs/awscli_2.*_all.deb "$AWS2"
+            # Debian's package relies on python3-* packages of trixie: a venv of its own gives
+            # them (within awscli 2.23's own bounds), with the unpacked package on its path.
+            python=$(command -v python3.11 || command -v python3)
+            "$python" -m venv "$AWS2/venv"
+            "$AWS2/venv/bin/pip" install -q --disable-pip-version-check \
+                'awscrt==0.23.4' 'colorama>=0.2.5,<0.4.7' 'cryptography>=40.0.0,<43.0.2' \
+                'python-dateutil>=2.1,<=2.9.0' 'distro>=1.5.0,<1.9.0' 'docutils>=0.10,<0.20' \
+                'jmespath>=0.7.1,<1.1.0' 'prompt-toolkit>=3.0.24,<3.0.39' \
+                'ruamel.yaml>=0.15.0,<=0.17.21' 'urllib3>=1.25.4,<1.27' 'zipp'
+            site=$("$AWS2/venv/bin/python" -c 'import sysconfig; print(sysconfig.get_paths()["purelib"])')
+            echo "$AWS2/usr/lib/python3/dist-packages" >"$site/awscli-debian.pth"
+            # Debian compiles at install time; unpacked by hand, and with PYTHONDONTWRITEBYTECODE
+            # set on this machine, every run would compile 2 s of modules again.
+            "$AWS2/venv/bin/python" -m compileall -q -j 0 "$AWS2/usr/lib/python3/dist-packages" >/dev/null
+            cat >"$CLIENTS/bin/aws-2.23" <<EOF
+#!/bin/sh
+exec "$AWS2/venv/bin/python" "$AWS2/usr/bin/aws" "\$@"
+EOF
+            chmod +x "$CLIENTS/bin/aws-2.23"
+        fi
+        rm -rf "$APT"
+    fi
+fi
+
+# --- the AWS SDK for JavaScript v3 -----------------------------------------------------------------
+if command -v npm >/dev/null; then
+    JS=$CLIENTS/js
+    mkdir -p "$JS"
+    if ! cmp -s tests/clients/js/package-lock.json "$JS/package-lock.json" ||
+        [ ! -d "$JS/node_modules/@aws-sdk/client-s3" ]; then
+        say "npm ci (@aws-sdk/client-s3, @aws-sdk/lib-storage)"
+        cp tests/clients/js/package.json tests/clients/js/package-lock.json "$JS/"
+        (cd "$JS" && npm ci --no-audit --no-fund --loglevel=error)
+    fi
+else
+    say "no npm: the JavaScript SDK is not installed"
+fi
+
+# --- what is there now ------------------------------------------------------------------------------
+version() { "$@" 2>/dev/null | head -n 1 || true; }
+say "restic      $(version restic version)"
+say "restic 0.18 $(version "$CLIENTS/bin/restic-0.18" version)"
+say "rclone      $(version rclone version)"
+say "s3cmd       $(version s3cmd --version)"
+say "aws (v2)    $(version /usr/bin/aws --version)"
+say "aws 2.23    $(version "$CLIENTS/bin/aws-2.23" --version)"
+say "node        $(version node --version), @aws-sdk/client-s3 $(version node -p \
+    "require('$CLIENTS/js/node_modules/@aws-sdk/client-s3/package.json').version")"
