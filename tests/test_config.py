@@ -188,12 +188,12 @@ def test_require_encrypted_is_a_flag_and_a_variable():
 
 
 def test_a_key_file_holds_a_keyring_whose_first_key_is_primary(tmp_path):
-    from trios3.config import add_primary_key, load_keyring
+    from trios3.config import add_key, load_keyring, promote_key
 
     path = tmp_path / "keys"
     first_id = write_key_file(path)
     assert load_keyring(str(path), {}).key_ids == (first_id,)
-    second_id = add_primary_key(path)
+    second_id = add_key(path, primary=True)
     assert stat.S_IMODE(os.stat(path).st_mode) == 0o600
     keyring = load_keyring(str(path), {})
     assert keyring.primary.key_id == second_id
@@ -204,6 +204,14 @@ def test_a_key_file_holds_a_keyring_whose_first_key_is_primary(tmp_path):
     assert load_keyring(str(path), {}).key_ids == (second_id, first_id)
     from_env = load_keyring(None, {"TRIOS3_MASTER_KEY": f"{lines[0]}, {lines[1]}"})
     assert from_env.key_ids == (second_id, first_id)
+    # Two-step rotation: a secondary key first, promoted once every replica has it.
+    third_id = add_key(path, primary=False)
+    assert load_keyring(str(path), {}).key_ids == (second_id, first_id, third_id)
+    promote_key(path, third_id)
+    assert load_keyring(str(path), {}).key_ids == (third_id, second_id, first_id)
+    assert stat.S_IMODE(os.stat(path).st_mode) == 0o600
+    with pytest.raises(ConfigError):
+        promote_key(path, "0" * 16)
 
 
 @pytest.mark.parametrize(

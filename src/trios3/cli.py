@@ -13,10 +13,11 @@ import trio
 
 from trios3.config import (
     ConfigError,
-    add_primary_key,
+    add_key,
     add_serve_options,
     add_tool_options,
     build_config,
+    promote_key,
     tool_settings,
     write_key_file,
 )
@@ -40,11 +41,19 @@ def _parser() -> argparse.ArgumentParser:
     )
     keygen = commands.add_parser("keygen", help="write a new master key file (mode 0600)")
     keygen.add_argument("path", help="the key file to create")
-    keygen.add_argument(
+    added = keygen.add_mutually_exclusive_group()
+    added.add_argument(
         "--rotate",
         action="store_true",
         help="add a new primary key at the top of an existing key file (old keys stay)",
     )
+    added.add_argument(
+        "--add",
+        action="store_true",
+        help="add a new key at the end of an existing key file: it decrypts, but is not used "
+        "for new objects until --promote (roll it out to every replica first)",
+    )
+    added.add_argument("--promote", metavar="KEY_ID", help="make this key of the file primary")
     rewrap = commands.add_parser(
         "rewrap", help="move objects to the primary key by re-wrapping their data keys"
     )
@@ -102,9 +111,13 @@ def main(argv: list[str] | None = None) -> int:
     args = _parser().parse_args(argv)
     if args.command == "keygen":
         try:
-            if args.rotate:
-                key_id = add_primary_key(Path(args.path))
-                print(f"added a new primary master key {key_id} to {args.path}")
+            if args.rotate or args.add:
+                key_id = add_key(Path(args.path), primary=args.rotate)
+                role = "primary" if args.rotate else "secondary"
+                print(f"added a new {role} master key {key_id} to {args.path}")
+            elif args.promote:
+                promote_key(Path(args.path), args.promote)
+                print(f"master key {args.promote} is now the primary key in {args.path}")
             else:
                 key_id = write_key_file(Path(args.path))
                 print(f"wrote a new master key {key_id} to {args.path}")

@@ -11,6 +11,7 @@ import base64
 import os
 import re
 import secrets
+import tempfile
 import tomllib
 from collections.abc import Mapping
 from dataclasses import dataclass, field
@@ -227,24 +228,48 @@ def write_key_file(path: Path) -> str:
     return MasterKey(raw).key_id
 
 
-def add_primary_key(path: Path) -> str:
-    """Rotation: a new random key becomes the first (primary) line of an existing key file;
-    the keys already there stay, to keep decrypting. Replaced atomically, mode 0600."""
-    existing = load_keyring(str(path), {})
-    assert existing is not None
+def add_key(path: Path, *, primary: bool) -> str:
+    """A new random key in an existing key file: first (the new primary: ``--rotate``) or
+    last (decrypting only, until promoted: ``--add``). The keys already there stay."""
+    if load_keyring(str(path), {}) is None:
+        raise ConfigError(f"{path}: no keys in it")
     raw = MasterKey.generate()
-    text = base64.b64encode(raw).decode() + "\n" + path.read_text()
-    temporary = path.with_name(path.name + ".new")
+    line = base64.b64encode(raw).decode() + "\n"
+    text = path.read_text()
+    if not text.endswith("\n"):
+        text += "\n"
+    _replace_key_file(path, line + text if primary else text + line)
+    return MasterKey(raw).key_id
+
+
+def promote_key(path: Path, key_id: str) -> None:
+    """Make the key ``key_id`` of a key file its primary: its line goes first."""
+    lines = path.read_text().splitlines(keepends=True)
+    for index, line in enumerate(lines):
+        entry = line.split("#", 1)[0].strip()
+        if entry and load_keyring(None, {"TRIOS3_MASTER_KEY": entry}).key_ids == (key_id,):
+            moved = line if line.endswith("\n") else line + "\n"
+            _replace_key_file(path, moved + "".join(lines[:index] + lines[index + 1 :]))
+            return
+    raise ConfigError(f"{path}: no key {key_id} in it")
+
+
+def _replace_key_file(path: Path, text: str) -> None:
+    """Replace a key file atomically (mode 0600), the rename made durable."""
     try:
-        fd = os.open(temporary, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+        fd, temporary = tempfile.mkstemp(dir=path.parent, prefix=path.name + ".")
     except OSError as exc:
-        raise ConfigError(f"cannot create {temporary}: {exc.strerror}") from exc
-    with os.fdopen(fd, "w") as out:
+        raise ConfigError(f"cannot write next to {path}: {exc.strerror}") from exc
+    with os.fdopen(fd, "w") as out:  # mkstemp makes it 0600
         out.write(text)
         out.flush()
         os.fsync(out.fileno())
     os.replace(temporary, path)
-    return MasterKey(raw).key_id
+    directory = os.open(path.parent, os.O_RDONLY)
+    try:
+        os.fsync(directory)
+    finally:
+        os.close(directory)
 
 
 def _embedded_defaults(data_dir: Path, key: Keyring | None, creds: dict[str, str]):

@@ -8,6 +8,8 @@ one nursery: when serving ends, all of it ends.
 from __future__ import annotations
 
 import dataclasses
+import errno
+import logging
 import os
 import signal
 import socket
@@ -26,6 +28,8 @@ from trios3.app import ProxySettings, S3Proxy
 from trios3.backend import BackendSettings, open_backend
 from trios3.config import Config
 from trios3.embedded import run_seaweedfs
+
+log = logging.getLogger("trios3")
 
 
 @contextmanager
@@ -85,6 +89,21 @@ def hypercorn_config(
     return hc
 
 
+# Out of descriptors or memory: wait and accept again, as trio.serve_listeners does.
+_ACCEPT_CAPACITY_ERRNOS = {errno.EMFILE, errno.ENFILE, errno.ENOMEM, errno.ENOBUFS}
+
+
+async def _accept(listener):
+    while True:
+        try:
+            return await listener.accept()
+        except OSError as exc:
+            if exc.errno not in _ACCEPT_CAPACITY_ERRNOS:
+                raise
+            log.error("cannot accept a connection (%s): retrying in 100 ms", exc.strerror)
+            await trio.sleep(0.1)
+
+
 class _Connection(TCPServer):
     """Hypercorn's connection handler, with two repairs.
 
@@ -127,9 +146,10 @@ async def serve_connections(
 ) -> None:
     """Hypercorn's trio worker loop (``hypercorn.trio.run.worker_serve``) with one change:
     at most ``max_connections`` connections at once. A connection past the cap is not
-    accepted until one ends: it waits in the kernel's listen backlog, so clients see a slow
-    connect rather than an error, and idle or slow connections can never pile up without
-    bound. Shutdown is hypercorn's: stop accepting, give requests in flight
+    accepted until one ends: it waits in the kernel's listen backlog (its client sees a
+    request that takes long, not an error), so idle or slow connections never pile up
+    without bound. An idle keep-alive connection holds its place until it closes or times
+    out (``keep_alive_timeout``). Shutdown is hypercorn's: stop accepting, give requests in flight
     ``graceful_timeout`` seconds, then cancel them.
     """
     asgi = wrap_app(app, hc.wsgi_max_body_size, None)
@@ -153,7 +173,7 @@ async def serve_connections(
                 slot = object()
                 await slots.acquire_on_behalf_of(slot)
                 try:
-                    stream = await listener.accept()
+                    stream = await _accept(listener)
                 except BaseException:
                     slots.release_on_behalf_of(slot)
                     raise
@@ -226,7 +246,11 @@ async def serve(
             )
         else:
             backend = await nursery.start(run_seaweedfs, config.data_dir)
-        backend = dataclasses.replace(backend, timeout=config.backend_timeout)
+        # A request may hold two backend connections at once (a streaming GET of a multipart
+        # object and the read of a part header): the pool must never be what it waits on.
+        backend = dataclasses.replace(
+            backend, timeout=config.backend_timeout, max_connections=2 * config.max_requests + 8
+        )
         with listening_socket(config.listen, config.send_timeout) as sock:
             async with open_backend(backend) as client:
                 app = S3Proxy(proxy_settings(config, backend), client)

@@ -1142,6 +1142,9 @@ def check_window(obj: Sealed, opener: MultipartOpener, start: int, end: int) -> 
     )
     first_segment = max(0, start - place.plaintext_start) // S
     assert low == place.stored_start + PART_HEADER_SIZE + first_segment * STRIDE
+    if end == obj.layout.plaintext_size - 1:
+        assert high == len(stored) - 1  # a read to the end takes in empty trailing parts
+        return
     # ... and ends with the tag of the segment holding `end`.
     last = obj.layout.place(obj.layout.part_at(end) if end >= start else 1)
     segment = max(0, end - last.plaintext_start) // S
@@ -1572,3 +1575,24 @@ def test_a_window_from_a_parts_first_segment_may_carry_that_parts_header() -> No
     forged = obj.stored[:window_start] + obj.headers[2].encode()
     with pytest.raises(TamperedError):
         opener.feed(forged[window_start:])
+
+
+@pytest.mark.parametrize("sizes", [[3 * S, 0], [2 * S + 5, 0], [S, S, 0]])
+def test_a_read_to_the_end_takes_in_an_empty_last_part(sizes: list[int]) -> None:
+    obj = seal_object(sizes)
+    size = sum(sizes)
+    for start in (0, size - 1):
+        opener = MultipartOpener(
+            KEY, obj.layout, start, size - 1, obj.headers[0] if start < sizes[0] else None
+        )
+        window_start, window_end = opener.window
+        assert window_end == len(obj.stored) - 1  # the empty part's header and tag are read
+        out = b"".join(opener.feed(obj.stored[window_start:])) + b"".join(opener.finish())
+        assert out == obj.plain[start:]
+    # Its tag is checked: a flipped bit in the empty part's segment is refused.
+    damaged = bytearray(obj.stored)
+    damaged[-1] ^= 1
+    opener = MultipartOpener(KEY, obj.layout, 0, size - 1, obj.headers[0])
+    with pytest.raises(TamperedError):
+        opener.feed(bytes(damaged[opener.window[0] :]))
+        opener.finish()

@@ -684,3 +684,23 @@ def test_composite_checksum_is_reported_over_the_plaintext(s3, bucket):
     raw = b"".join(zlib.crc32(p).to_bytes(4, "big") for p in parts)
     expected = base64.b64encode(zlib.crc32(raw).to_bytes(4, "big")).decode() + "-2"
     assert result["ChecksumCRC32"] == expected
+
+
+def test_an_empty_last_part_reads_whole_and_by_part_number(s3, bucket):
+    key = new_key("emptylast")
+    first = os.urandom(5 * MiB)
+    upload(s3, bucket, key, [first, b""])
+    assert read(s3, bucket, key) == first
+    assert s3.head_object(Bucket=bucket, Key=key)["ContentLength"] == len(first)
+    got = s3.get_object(Bucket=bucket, Key=key, PartNumber=2)
+    assert (got["ContentLength"], got["PartsCount"], got["Body"].read()) == (0, 2, b"")
+    listed = s3.list_objects_v2(Bucket=bucket, Prefix=key)["Contents"][0]["Size"]
+    assert listed == len(first)
+
+
+def test_part_number_requests_s3_refuses(s3, bucket):
+    key = new_key("pn")
+    upload(s3, bucket, key, [os.urandom(5 * MiB), b"x"])
+    with pytest.raises(ClientError) as info:
+        s3.get_object(Bucket=bucket, Key=key, PartNumber=1, Range="bytes=0-1")
+    assert (status(info.value), code(info.value)) == (400, "InvalidRequest")

@@ -87,6 +87,18 @@ def part_stored_size(plaintext_size: int, segment_size: int) -> int:
     return PART_HEADER_SIZE + fmt.stored_size(plaintext_size, segment_size)
 
 
+def max_part_plaintext(segment_size: int) -> int:
+    """The largest part plaintext whose stored part still fits S3's 5 GiB part limit."""
+    size = (
+        MAX_PART_SIZE
+        - PART_HEADER_SIZE
+        - fmt.TAG_SIZE * fmt.segment_count(MAX_PART_SIZE, segment_size)
+    )
+    while part_stored_size(size + 1, segment_size) <= MAX_PART_SIZE:
+        size += 1
+    return size
+
+
 def part_plaintext_size(stored_size: int, segment_size: int) -> int | None:
     """Inverse of :func:`part_stored_size`; None for sizes a part cannot have."""
     if stored_size <= PART_HEADER_SIZE:
@@ -430,6 +442,10 @@ class MultipartOpener:
             first_part = last_part = 1
         elif 0 <= start <= end < size:
             first_part, last_part = layout.part_at(start), layout.part_at(end)
+            if end == size - 1:
+                # A read to the end takes in empty parts after the last byte too, so the
+                # window ends where the object does and their segments are authenticated.
+                last_part = layout.count
         else:
             raise ValueError(f"range {start}-{end} is outside a {size}-byte object")
         self._start, self._end = start, end

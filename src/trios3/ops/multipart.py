@@ -131,8 +131,9 @@ async def upload_part(ex: Exchange) -> None:
     number = _part_number(ex)
     data_key, segment_size = _data_key(ex, token)
     body = ex.body
-    if body.length > mp.MAX_PART_SIZE:
-        raise S3Error("EntityTooLarge", fields={"MaxSizeAllowed": str(mp.MAX_PART_SIZE)})
+    limit = mp.max_part_plaintext(segment_size)  # so that the stored part fits in 5 GiB
+    if body.length > limit:
+        raise S3Error("EntityTooLarge", fields={"MaxSizeAllowed": str(limit)})
     async with ex.services.budget.lease(objects.stream_window(segment_size)):
         response = await _store_part(
             ex, token, data_key, segment_size, number, body.length, body.chunks()
@@ -262,6 +263,7 @@ async def complete_upload(ex: Exchange) -> None:
             ex.bucket,
             ex.key,
             query=_upload_query(token),
+            headers=hdr.conditions(ex.headers, ("if-match", "if-none-match")),
             body=document,
             max_body=SMALL_RESPONSE,
         )
@@ -315,7 +317,7 @@ async def upload_part_copy(ex: Exchange) -> None:
         opened = await objects.open_source(services, source)
         start, end = _copy_range(ex, opened.size)
         length = end - start + 1
-        if length > mp.MAX_PART_SIZE:
+        if length > mp.max_part_plaintext(segment_size):
             raise S3Error(
                 "InvalidRequest", "The specified copy range is larger than the maximum part size."
             )

@@ -178,6 +178,9 @@ async def get_object(ex: Exchange) -> None:
         layout, known = await reads.find_layout(ex.services.backend, stored, envelope.segment_size)
         out = hdr.object_response_headers(response.headers, encrypted=True)
         start, end, status = _multipart_range(ex, layout, out)
+        if end < start and layout.plaintext_size:  # an empty part of a non-empty object
+            await ex.respond.whole(status, out, b"")
+            return
         plaintext = reads.decrypt_range(
             ex.services.backend, stored, data_key, layout, known, start, end
         )
@@ -238,7 +241,15 @@ def _multipart_range(
     size = layout.plaintext_size
     part = ex.target.query.get("partNumber")
     if part is not None:
-        if not part.isascii() or not part.isdigit() or not 1 <= int(part) <= layout.count:
+        if not part.isascii() or not part.isdigit() or not 1 <= int(part) <= mp.MAX_PART_NUMBER:
+            raise S3Error(
+                "InvalidArgument",
+                "Part number must be an integer between 1 and 10000, inclusive",
+                fields={"ArgumentName": "partNumber", "ArgumentValue": part},
+            )
+        if "range" in ex.headers:
+            raise S3Error("InvalidRequest", "Cannot specify both Range header and partNumber.")
+        if int(part) > layout.count:
             raise S3Error(
                 "InvalidPartNumber", "The requested partnumber is not satisfiable", status=416
             )
@@ -768,7 +779,16 @@ async def copy_multipart(
     etags: list[str] = [""] * layout.count
     numbers = iter(range(1, layout.count + 1))
 
-    async def copy_parts() -> None:
+    failures: list[Exception] = []
+
+    async def copy_parts(scope: trio.CancelScope) -> None:
+        try:
+            await copy_each()
+        except Exception as exc:  # the first failure ends the copy, as itself (no group)
+            failures.append(exc)
+            scope.cancel()
+
+    async def copy_each() -> None:
         for number in numbers:
             place = layout.place(number)
             end = place.stored_start + place.stored_size - 1
@@ -793,7 +813,9 @@ async def copy_multipart(
     try:
         async with trio.open_nursery() as nursery:
             for _ in range(min(COPY_PARALLEL, layout.count)):
-                nursery.start_soon(copy_parts)
+                nursery.start_soon(copy_parts, nursery.cancel_scope)
+        if failures:
+            raise failures[0]
         document = render_complete_request(list(enumerate(etags, start=1)))
         response, data = await backend.request(
             "POST", bucket, key, query=upload, body=document, max_body=SMALL_RESPONSE
