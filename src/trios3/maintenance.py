@@ -94,6 +94,9 @@ async def rewrap_object(backend: Backend, keyring: Keyring, bucket: str, key: st
         bucket, key, (), head.headers.get("etag", ""), int(head.headers["content-length"])
     )
     if envelope.version == mp.VERSION:
+        tagging = await objects.source_tagging(backend, stored)
+        if tagging:
+            headers.append(("x-amz-tagging", tagging))
         await objects.copy_multipart(backend, stored, envelope.segment_size, bucket, key, headers)
         return "rewrapped"
     headers += [

@@ -22,7 +22,7 @@ from hypercorn.trio.lifespan import Lifespan
 from hypercorn.trio.tcp_server import TCPServer
 from hypercorn.trio.worker_context import WorkerContext
 from hypercorn.typing import ConnectionState
-from hypercorn.utils import wrap_app
+from hypercorn.utils import repr_socket_addr, wrap_app
 
 from trios3.app import ProxySettings, S3Proxy
 from trios3.backend import BackendSettings, open_backend
@@ -195,8 +195,7 @@ async def serve_connections(
                     listener = trio.SSLListener(listener, ssl_context, https_compatible=True)
                     scheme = "https"
                 listeners.append(listener)
-                host, port = sock.getsockname()[:2]
-                binds.append(f"{scheme}://{host}:{port}")
+                binds.append(f"{scheme}://{repr_socket_addr(sock.family, sock.getsockname())}")
             task_status.started(binds)
             try:
                 async with trio.open_nursery() as accepting:

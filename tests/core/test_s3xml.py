@@ -385,3 +385,18 @@ def test_an_error_sent_with_200_is_raised_as_itself():
     with pytest.raises(S3Error) as info:
         parse_copy_object_result(body)
     assert (info.value.code, info.value.status, info.value.message) == ("SlowDown", 503, "busy")
+
+
+def test_parse_tagging_reads_the_tag_set_and_refuses_anything_else():
+    from trios3.core.s3xml import parse_tagging
+
+    body = (
+        b'<Tagging xmlns="http://s3.amazonaws.com/doc/2006-03-01/"><TagSet>'
+        b"<Tag><Key>a</Key><Value>1</Value></Tag><Tag><Key>b c</Key><Value></Value></Tag>"
+        b"</TagSet></Tagging>"
+    )
+    assert parse_tagging(body) == [("a", "1"), ("b c", "")]
+    assert parse_tagging(b"<Tagging><TagSet/></Tagging>") == []
+    for bad in (b"", b"<Tagging/>", b"<Other><TagSet/></Other>"):
+        with pytest.raises(S3Error):
+            parse_tagging(bad)

@@ -704,3 +704,25 @@ def test_part_number_requests_s3_refuses(s3, bucket):
     with pytest.raises(ClientError) as info:
         s3.get_object(Bucket=bucket, Key=key, PartNumber=1, Range="bytes=0-1")
     assert (status(info.value), code(info.value)) == (400, "InvalidRequest")
+
+
+def test_copy_of_a_multipart_object_carries_its_tags(s3, bucket):
+    key = new_key("tagged")
+    upload(s3, bucket, key, [os.urandom(5 * MiB), b"x"], Tagging="team=backup&note=two%20words")
+
+    def tags(name):
+        return {
+            t["Key"]: t["Value"] for t in s3.get_object_tagging(Bucket=bucket, Key=name)["TagSet"]
+        }
+
+    assert tags(key) == {"team": "backup", "note": "two words"}
+    s3.copy_object(Bucket=bucket, Key=key + "-copy", CopySource={"Bucket": bucket, "Key": key})
+    assert tags(key + "-copy") == {"team": "backup", "note": "two words"}
+    s3.copy_object(
+        Bucket=bucket,
+        Key=key + "-retagged",
+        CopySource={"Bucket": bucket, "Key": key},
+        TaggingDirective="REPLACE",
+        Tagging="team=archive",
+    )
+    assert tags(key + "-retagged") == {"team": "archive"}

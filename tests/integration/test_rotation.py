@@ -59,7 +59,9 @@ def test_rotate_rewrap_resume_and_retire_the_old_key(seaweedfs, tmp_path, bucket
         s3 = endpoint.client()
         for key, data in objects.items():
             s3.put_object(Bucket=bucket, Key=key, Body=data, Metadata={"kept": key})
-        upload_id = s3.create_multipart_upload(Bucket=bucket, Key="multi")["UploadId"]
+        upload_id = s3.create_multipart_upload(Bucket=bucket, Key="multi", Tagging="keep=yes")[
+            "UploadId"
+        ]
         parts = []
         for number, body in enumerate(multipart, start=1):
             etag = s3.upload_part(
@@ -109,6 +111,9 @@ def test_rotate_rewrap_resume_and_retire_the_old_key(seaweedfs, tmp_path, bucket
     assert after.pop("multi").endswith('-2"')
     assert after == {k: v for k, v in etags.items() if k != "multi"}
 
+    assert backend.get_object_tagging(Bucket=bucket, Key="multi")["TagSet"] == [
+        {"Key": "keep", "Value": "yes"}
+    ]  # a part-for-part copy carries the tags over
     inspected = trios3(seaweedfs, "inspect", f"{url}/multi", "--key-file", str(keys))
     assert inspected.returncode == 0, inspected.stderr
     for line in (

@@ -160,6 +160,19 @@ def parse_list_objects(body: bytes) -> tuple[list[str], str | None]:
     return keys, token or None
 
 
+def parse_tagging(body: bytes) -> list[tuple[str, str]]:
+    """(key, value) of each tag in a backend ``<Tagging>`` document."""
+    root = _parse(body)
+    tag_set = _find(root, "TagSet") if root is not None else None
+    if root is None or _local(root) != "Tagging" or tag_set is None:
+        raise S3Error("InternalError", "The backend sent an unreadable tag set.")
+    return [
+        (_text(tag, "Key") or "", _text(tag, "Value") or "")
+        for tag in tag_set
+        if _local(tag) == "Tag"
+    ]
+
+
 # -- small result documents ---------------------------------------------------------------------
 
 

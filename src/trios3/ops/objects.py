@@ -18,7 +18,7 @@ from dataclasses import dataclass
 from datetime import UTC, datetime
 from email.utils import parsedate_to_datetime
 from typing import Protocol
-from urllib.parse import unquote
+from urllib.parse import quote, unquote, urlencode
 
 import httpx
 import trio
@@ -34,6 +34,7 @@ from trios3.core.s3xml import (
     parse_complete_result,
     parse_copy_object_result,
     parse_initiate_result,
+    parse_tagging,
     render_complete_request,
     render_copy_object_result,
 )
@@ -654,6 +655,14 @@ async def copy_object(ex: Exchange) -> None:
     rewrapped = ex.services.keyring.rewrap(envelope, src_bucket, src_key, ex.bucket, ex.key)
     headers = described + meta + list(rewrapped.to_metadata().items())
     if envelope.version == mp.VERSION:
+        # A backend CopyObject copies the tags itself; a part-for-part copy must carry them.
+        headers = [(n, v) for n, v in headers if n != "x-amz-tagging"]
+        if ex.headers.get("x-amz-tagging-directive", "COPY").upper() == "REPLACE":
+            tagging = ex.headers.get("x-amz-tagging", "")
+        else:
+            tagging = await source_tagging(ex.services.backend, copied.stored)
+        if tagging:
+            headers.append(("x-amz-tagging", tagging))
         etag = await copy_multipart(
             ex.services.backend, copied.stored, envelope.segment_size, ex.bucket, ex.key, headers
         )
@@ -744,6 +753,20 @@ def described_by(source: httpx.Headers) -> tuple[list[tuple[str, str]], list[tup
         if n.startswith("x-amz-meta-") and not n.startswith(hdr.RESERVED_META)
     ]
     return described, meta
+
+
+async def source_tagging(backend: Backend, stored: reads.StoredObject) -> str:
+    """The object's tags as an ``x-amz-tagging`` value (empty when it has none)."""
+    response, data = await backend.request(
+        "GET",
+        stored.bucket,
+        stored.key,
+        query=[("tagging", ""), *stored.query],
+        max_body=SMALL_RESPONSE,
+    )
+    if response.status_code != 200:
+        raise backend_error(response, data)
+    return urlencode(parse_tagging(data), quote_via=quote)
 
 
 COPY_PARALLEL = 4  # server-side part copies in flight for one multipart copy
