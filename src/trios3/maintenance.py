@@ -78,15 +78,19 @@ class RewrapSummary:
         )
 
 
-async def rewrap_object(backend: Backend, keyring: Keyring, bucket: str, key: str) -> str:
-    """Re-wrap one object's data key under the primary key, in place; what was done:
-    ``rewrapped``, ``current`` or ``foreign``."""
+async def rewrap_object(
+    backend: Backend, keyring: Keyring, bucket: str, key: str, *, dry_run: bool = False
+) -> str:
+    """Re-wrap one object's data key under the primary key, in place; what was done (or, in
+    a dry run, would be): ``rewrapped``, ``current`` or ``foreign``."""
     head = await _head(backend, bucket, key)
     envelope = Envelope.from_metadata(head.headers)
     if envelope is None:
         return "foreign"
     if envelope.key_id == keyring.primary.key_id:
         return "current"
+    if dry_run:
+        return "rewrapped"
     rewrapped = keyring.rewrap(envelope, bucket, key, bucket, key)
     described, meta = objects.described_by(head.headers)
     headers = described + meta + list(rewrapped.to_metadata().items())
@@ -129,18 +133,7 @@ async def rewrap(
         if max_objects is not None and summary.seen >= max_objects:
             break
         try:
-            if dry_run:
-                head = await _head(backend, bucket, key)
-                envelope = Envelope.from_metadata(head.headers)
-                outcome = (
-                    "foreign"
-                    if envelope is None
-                    else "current"
-                    if envelope.key_id == keyring.primary.key_id
-                    else "rewrapped"
-                )
-            else:
-                outcome = await rewrap_object(backend, keyring, bucket, key)
+            outcome = await rewrap_object(backend, keyring, bucket, key, dry_run=dry_run)
         except (S3Error, TamperedError, httpx.HTTPError) as exc:
             summary.failed.append((key, str(exc)))
         else:

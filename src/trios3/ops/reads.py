@@ -54,18 +54,10 @@ class StoredObject:
 async def read_header(backend: Backend, obj: StoredObject, offset: int) -> mp.PartHeader:
     if offset + mp.PART_HEADER_SIZE > obj.stored_size:
         raise TamperedError("a part header lies past the end of the stored object")
-    window = f"bytes={offset}-{offset + mp.PART_HEADER_SIZE - 1}"
-    response, data = await backend.request(
-        "GET",
-        obj.bucket,
-        obj.key,
-        query=obj.query,
-        headers=[("range", window), ("if-match", obj.etag)],
-        max_body=4 * mp.PART_HEADER_SIZE,
-    )
-    if response.status_code in (404, 412):
-        raise changed()
-    if response.status_code != 206 or len(data) != mp.PART_HEADER_SIZE:
+    end = offset + mp.PART_HEADER_SIZE - 1
+    async with pinned_window(backend, obj, offset, end) as response:
+        data = await read_limited(response, 4 * mp.PART_HEADER_SIZE)
+    if len(data) != mp.PART_HEADER_SIZE:
         raise S3Error("InternalError", "The backend did not return a part header.")
     return mp.PartHeader.parse(data)
 
