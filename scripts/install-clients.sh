@@ -1,11 +1,13 @@
 #!/usr/bin/env bash
 # Install the client tools of the client suite (tests/clients) that scripts/setup-dev.sh does not:
-#   - restic 0.18 (Debian trixie's static binary; setup-dev.sh installs bookworm's 0.14),
+#   - restic 0.18 (Debian trixie's static binary; setup-dev.sh installs bookworm's 0.14) and the
+#     newest restic Debian has (sid's: 0.19.1 when written),
+#   - the newest rclone Debian has (sid's: 1.75.2 when written; setup-dev.sh installs 1.60.1),
 #   - aws cli v2: Debian bookworm's 2.9.19 (/usr/bin/aws) and trixie's 2.23 (in its own venv),
 #   - s3cmd (Debian's package),
 #   - the AWS SDK for JavaScript v3 (npm ci from tests/clients/js/package-lock.json).
 # Everything that is not a Debian package goes to .clients/ (ignored by git); the tests find
-# .clients/bin/restic-0.18, .clients/bin/aws-2.23 and .clients/js/node_modules there.
+# .clients/bin/restic-0.18, restic-newest, rclone-newest, aws-2.23 and .clients/js/node_modules.
 # Debian packages need root (as in CI); without it they are skipped and their tests skip.
 # Safe to run again: whatever is installed already is kept.
 set -euo pipefail
@@ -31,28 +33,33 @@ else
     say "not root or no apt-get: s3cmd and /usr/bin/aws (aws cli 2.9) not installed"
 fi
 
-# --- Debian trixie's restic 0.18 and awscli 2.23, with a private apt state ---------------------
-# Only these two .debs are downloaded and unpacked into .clients/: the system's apt state and
-# packages are left alone. trixie's restic is a static Go binary; its awscli is pure Python.
-if [ ! -x "$CLIENTS/bin/restic-0.18" ] || [ ! -x "$CLIENTS/bin/aws-2.23" ]; then
+# --- Debian trixie's restic 0.18 and awscli 2.23, sid's restic and rclone -----------------------
+# With a private apt state: only these .debs are downloaded and unpacked into .clients/; the
+# system's apt state and packages are left alone. restic and rclone are Go binaries that need
+# nothing but libc; trixie's awscli is pure Python. sid's versions move: the tests run
+# whatever is newest there, and the summary below prints it.
+if [ ! -x "$CLIENTS/bin/restic-0.18" ] || [ ! -x "$CLIENTS/bin/aws-2.23" ] ||
+    [ ! -x "$CLIENTS/bin/restic-newest" ] || [ ! -x "$CLIENTS/bin/rclone-newest" ]; then
     if ! command -v apt-get >/dev/null; then
-        say "no apt-get: restic 0.18 and aws cli 2.23 not installed"
+        say "no apt-get: restic 0.18 and newest, rclone newest and aws cli 2.23 not installed"
     else
         APT=$CLIENTS/apt
         mkdir -p "$APT/lists/partial" "$APT/cache/archives/partial" "$APT/sources" "$APT/debs"
-        if [ -f /etc/apt/sources.list.d/debian.sources ]; then
-            # The first stanza (the main archive, with the machine's mirror), for trixie.
-            awk 'BEGIN { RS = ""; ORS = "\n" } NR == 1' /etc/apt/sources.list.d/debian.sources |
-                sed -e 's/^Suites:.*/Suites: trixie/' -e '/^#/d' >"$APT/sources/trixie.sources"
-        else
-            cat >"$APT/sources/trixie.sources" <<'EOF'
+        for suite in trixie sid; do
+            if [ -f /etc/apt/sources.list.d/debian.sources ]; then
+                # The first stanza (the main archive, with the machine's mirror).
+                awk 'BEGIN { RS = ""; ORS = "\n" } NR == 1' /etc/apt/sources.list.d/debian.sources |
+                    sed -e "s/^Suites:.*/Suites: $suite/" -e '/^#/d' >"$APT/sources/$suite.sources"
+            else
+                cat >"$APT/sources/$suite.sources" <<EOF
 Types: deb
 URIs: http://deb.debian.org/debian
-Suites: trixie
+Suites: $suite
 Components: main
 Signed-By: /usr/share/keyrings/debian-archive-keyring.gpg
 EOF
-        fi
+            fi
+        done
         apt_private=(
             -o "Dir::State::Lists=$APT/lists"
             -o "Dir::Cache=$APT/cache"
@@ -61,18 +68,26 @@ EOF
             -o "Debug::NoLocking=1"
             -o "APT::Sandbox::User=root"
         )
-        say "downloading restic and awscli from Debian trixie"
+        say "downloading restic and awscli from Debian trixie, restic and rclone from sid"
         apt-get "${apt_private[@]}" update -qq
-        (cd "$APT/debs" && apt-get "${apt_private[@]}" download -qq restic awscli)
-        if [ ! -x "$CLIENTS/bin/restic-0.18" ]; then
-            rm -rf "$CLIENTS/restic-0.18"
-            dpkg -x "$APT"/debs/restic_0.18.*_amd64.deb "$CLIENTS/restic-0.18"
-            ln -sf ../restic-0.18/usr/bin/restic "$CLIENTS/bin/restic-0.18"
-        fi
+        mkdir -p "$APT/debs/trixie" "$APT/debs/sid"
+        (cd "$APT/debs/trixie" && apt-get "${apt_private[@]}" download -qq restic/trixie awscli/trixie)
+        (cd "$APT/debs/sid" && apt-get "${apt_private[@]}" download -qq restic/sid rclone/sid)
+        unpack() { # unpack DEB into .clients/NAME and link its usr/bin/TOOL as .clients/bin/NAME
+            rm -rf "${CLIENTS:?}/$2"
+            dpkg -x "$1" "$CLIENTS/$2"
+            ln -sf "../$2/usr/bin/$3" "$CLIENTS/bin/$2"
+        }
+        [ -x "$CLIENTS/bin/restic-0.18" ] ||
+            unpack "$APT"/debs/trixie/restic_0.18.*_amd64.deb restic-0.18 restic
+        [ -x "$CLIENTS/bin/restic-newest" ] ||
+            unpack "$APT"/debs/sid/restic_*_amd64.deb restic-newest restic
+        [ -x "$CLIENTS/bin/rclone-newest" ] ||
+            unpack "$APT"/debs/sid/rclone_*_amd64.deb rclone-newest rclone
         if [ ! -x "$CLIENTS/bin/aws-2.23" ]; then
             AWS2=$CLIENTS/awscli-2.23
             rm -rf "$AWS2"
-            dpkg -x "$APT"/debs/awscli_2.*_all.deb "$AWS2"
+            dpkg -x "$APT"/debs/trixie/awscli_2.*_all.deb "$AWS2"
             # Debian's package relies on python3-* packages of trixie: a venv of its own gives
             # them (within awscli 2.23's own bounds), with the unpacked package on its path.
             python=$(command -v python3.11 || command -v python3)
@@ -115,7 +130,9 @@ fi
 version() { "$@" 2>/dev/null | head -n 1 || true; }
 say "restic      $(version restic version)"
 say "restic 0.18 $(version "$CLIENTS/bin/restic-0.18" version)"
+say "restic sid  $(version "$CLIENTS/bin/restic-newest" version)"
 say "rclone      $(version rclone version)"
+say "rclone sid  $(version "$CLIENTS/bin/rclone-newest" version)"
 say "s3cmd       $(version s3cmd --version)"
 say "aws (v2)    $(version /usr/bin/aws --version)"
 say "aws 2.23    $(version "$CLIENTS/bin/aws-2.23" --version)"

@@ -241,7 +241,56 @@ def scratch_bucket(seaweedfs: Endpoint, prefix: str):
     client.delete_bucket(Bucket=name)
 
 
+def set_metadata(backend, bucket: str, key: str, metadata: dict[str, str]) -> None:
+    """Replace an object's metadata straight at the backend (a same-key CopyObject), as
+    someone with write access to the backend could: for tamper and legacy-object tests."""
+    backend.copy_object(
+        Bucket=bucket,
+        Key=key,
+        CopySource={"Bucket": bucket, "Key": key},
+        MetadataDirective="REPLACE",
+        Metadata=metadata,
+    )
+
+
 @pytest.fixture
 def bucket(seaweedfs) -> str:
     """A fresh bucket for one test, removed afterwards."""
     yield from scratch_bucket(seaweedfs, "t")
+
+
+REQUIRE_CLIENTS = "TRIOS3_REQUIRE_CLIENTS"
+
+
+@pytest.hookimpl(hookwrapper=True)
+def pytest_runtest_makereport(item, call):
+    """With TRIOS3_REQUIRE_CLIENTS=1 (as .ci/run sets it) a client test that skips, because
+    its client is not installed, fails instead: CI must never pass without running them."""
+    outcome = yield
+    report = outcome.get_result()
+    if (
+        report.skipped
+        and not hasattr(report, "wasxfail")  # an expected failure ran: not a missing client
+        and os.environ.get(REQUIRE_CLIENTS) == "1"
+        and item.get_closest_marker("clients") is not None
+    ):
+        _required(report)
+
+
+@pytest.hookimpl(hookwrapper=True)
+def pytest_make_collect_report(collector):
+    """The same for a client test module skipped as a whole (importorskip and the like)."""
+    outcome = yield
+    report = outcome.get_result()
+    if (
+        report.skipped
+        and os.environ.get(REQUIRE_CLIENTS) == "1"
+        and collector.path.parent.name == "clients"
+    ):
+        _required(report)
+
+
+def _required(report) -> None:
+    reason = report.longrepr[2] if isinstance(report.longrepr, tuple) else report.longrepr
+    report.outcome = "failed"
+    report.longrepr = f"skipped, but {REQUIRE_CLIENTS}=1 requires every client: {reason}"

@@ -55,7 +55,9 @@ def _parser() -> argparse.ArgumentParser:
     )
     added.add_argument("--promote", metavar="KEY_ID", help="make this key of the file primary")
     rewrap = commands.add_parser(
-        "rewrap", help="move objects to the primary key by re-wrapping their data keys"
+        "rewrap",
+        help="move objects to the primary key by re-wrapping their data keys (and seal an "
+        "md5chksum left in the clear)",
     )
     rewrap.add_argument("url", help="s3://BUCKET[/PREFIX] at the backend")
     rewrap.add_argument("--dry-run", action="store_true", help="count, change nothing")

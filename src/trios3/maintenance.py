@@ -2,7 +2,8 @@
 
 Neither decrypts a body. ``rewrap`` moves objects to the primary master key by re-wrapping
 their data key in a same-key server-side copy (part for part for multipart objects, which keeps
-their layout and ETag); ``inspect`` shows what the proxy would see of one object.
+their layout and ETag), and seals an ``md5chksum`` left in the clear by older versions;
+``inspect`` shows what the proxy would see of one object.
 """
 
 from __future__ import annotations
@@ -15,10 +16,10 @@ import httpx
 
 from trios3.backend import Backend, backend_error
 from trios3.core import format as fmt
-from trios3.core import multipart as mp
 from trios3.core.errors import S3Error, TamperedError
 from trios3.core.keys import Envelope, Keyring
 from trios3.core.s3xml import parse_copy_object_result, parse_list_objects
+from trios3.ops import headers as hdr
 from trios3.ops import objects, reads
 
 
@@ -87,17 +88,20 @@ async def rewrap_object(
     envelope = Envelope.from_metadata(head.headers)
     if envelope is None:
         return "foreign"
-    if envelope.key_id == keyring.primary.key_id:
+    described, meta = objects.described_by(head.headers)
+    # An md5chksum in the clear (written before the proxy sealed it) is sealed now, so an
+    # object on the primary key that has one is not done yet.
+    meta, content_md5 = hdr.take_content_md5(meta)
+    if envelope.key_id == keyring.primary.key_id and content_md5 is None:
         return "current"
     if dry_run:
         return "rewrapped"
-    rewrapped = keyring.rewrap(envelope, bucket, key, bucket, key)
-    described, meta = objects.described_by(head.headers)
+    rewrapped = keyring.rewrap(envelope, bucket, key, bucket, key, content_md5=content_md5)
     headers = described + meta + list(rewrapped.to_metadata().items())
     stored = reads.StoredObject(
         bucket, key, (), head.headers.get("etag", ""), int(head.headers["content-length"])
     )
-    if envelope.version == mp.VERSION:
+    if envelope.multipart:
         tagging = await objects.source_tagging(backend, stored)
         if tagging:
             headers.append(("x-amz-tagging", tagging))
@@ -156,12 +160,14 @@ async def inspect(backend: Backend, keyring: Keyring, bucket: str, key: str) -> 
     primary = envelope.key_id == keyring.primary.key_id
     lines += [
         f"format: version {envelope.version}"
-        + (" (multipart)" if envelope.version == mp.VERSION else " (single PUT)"),
+        + (" (multipart)" if envelope.multipart else " (single PUT)"),
         f"master key id: {envelope.key_id}"
         + (" (primary)" if primary else " (in the keyring)" if known else " (NOT in the keyring)"),
         f"segment size: {envelope.segment_size}",
     ]
-    if envelope.version != mp.VERSION:
+    if envelope.sealed_md5 is not None:
+        lines.append("content MD5: sealed (shown to clients as x-amz-meta-md5chksum)")
+    if not envelope.multipart:
         size = fmt.plaintext_size(stored, envelope.segment_size)
         segments = fmt.segment_count(size, envelope.segment_size) if size is not None else "?"
         lines += [f"plaintext size: {size if size is not None else 'impossible'}"]

@@ -1,11 +1,14 @@
-"""rclone (Debian's package) through trios3, over HTTP and over HTTPS with --ca-cert.
+"""rclone through trios3, over HTTP and over HTTPS with --ca-cert: Debian bookworm's 1.60.1
+(``rclone`` on PATH) and the newest in Debian sid (``.clients/bin/rclone-newest``, 1.75.2 when
+written, from scripts/install-clients.sh).
 
 rclone is configured by environment variables alone (provider Other, path style, us-east-1)
 with an empty private config file. Above ``--s3-upload-cutoff`` it uploads with multipart
 uploads: here a cutoff and chunk size of 5 MiB and a file of a little over 12 MiB make three
 parts, the last one short. Small files are single PUTs with ``UNSIGNED-PAYLOAD`` and
 ``Content-MD5``; every upload carries the modification time in ``x-amz-meta-mtime`` and
-multipart uploads the whole file's MD5 in ``x-amz-meta-md5chksum``. rclone lists with
+multipart uploads the whole file's MD5 in ``x-amz-meta-md5chksum``. The proxy seals either MD5
+into the object (format versions 3 and 4) and gives it back on HEAD as ``x-amz-meta-md5chksum``. rclone lists with
 ListObjects v1, HEADs objects, and reads ``cat --offset --count`` with a Range GET.
 
 The machine sets ``AWS_CA_BUNDLE``, with which rclone 1.60 fails every command
@@ -14,7 +17,9 @@ The machine sets ``AWS_CA_BUNDLE``, with which rclone 1.60 fails every command
 
 from __future__ import annotations
 
+import base64
 import datetime
+import hashlib
 import json
 import os
 import random
@@ -27,10 +32,13 @@ import pytest
 
 from conftest import scratch_bucket
 
-pytestmark = [
-    pytest.mark.clients,
-    pytest.mark.skipif(shutil.which("rclone") is None, reason="rclone is not on PATH"),
-]
+pytestmark = pytest.mark.clients
+
+REPO = Path(__file__).resolve().parents[2]
+BINARIES = {
+    "rclone-1.60": shutil.which("rclone"),  # Debian bookworm's, from scripts/setup-dev.sh
+    "rclone-newest": str(REPO / ".clients" / "bin" / "rclone-newest"),  # install-clients.sh
+}
 
 MiB = 1024 * 1024
 BIG = 12 * MiB + 4321  # 5 MiB + 5 MiB + a short last part
@@ -41,7 +49,8 @@ MULTIPART = ["--s3-upload-cutoff", "5M", "--s3-chunk-size", "5M"]
 class Rclone:
     """Runs ``rclone`` against one endpoint with a clean environment and no config file."""
 
-    def __init__(self, endpoint, config_dir: Path) -> None:
+    def __init__(self, binary: str, endpoint, config_dir: Path) -> None:
+        self.binary = binary
         config_dir.mkdir(exist_ok=True)
         config = config_dir / "rclone.conf"
         config.write_text("")
@@ -70,7 +79,7 @@ class Rclone:
 
     def run(self, *args: str, check: bool = True, text: bool = True):
         result = subprocess.run(
-            ["rclone", *args, *self.options],
+            [self.binary, *args, *self.options],
             env=self.env,
             capture_output=True,
             text=text,
@@ -90,9 +99,18 @@ def endpoint(request):
     return request.getfixturevalue("proxy" if request.param == "http" else "tls_proxy")
 
 
+@pytest.fixture(scope="module", params=sorted(BINARIES))
+def binary(request) -> str:
+    path = BINARIES[request.param]
+    if path is None or not os.access(path, os.X_OK):
+        where = "setup-dev.sh" if request.param == "rclone-1.60" else "install-clients.sh"
+        pytest.skip(f"{request.param} is not installed (scripts/{where})")
+    return path
+
+
 @pytest.fixture
-def rclone(endpoint, tmp_path) -> Rclone:
-    return Rclone(endpoint, tmp_path / "rclone")
+def rclone(binary, endpoint, tmp_path) -> Rclone:
+    return Rclone(binary, endpoint, tmp_path / "rclone")
 
 
 @pytest.fixture
@@ -161,10 +179,14 @@ def uploaded(rclone, remote_bucket, tmp_path):
     write_tree(src, big=True)
     target = f"{REMOTE}:{remote_bucket}/tree"
     copied = rclone.run("copy", str(src), target, *MULTIPART, "-vv")
+    # 1.60 logs "starting chunk 1 size 5Mi", newer ones "wrote chunk 1 with 5242880 bytes".
     chunks = re.findall(
-        r"big\.bin: multipart upload starting chunk (\d+) size (\S+)", copied.stderr
+        r"big\.bin: multipart upload (?:starting|wrote) chunk (\d+) (?:size|with) (\S+)",
+        copied.stderr,
     )
-    assert sorted(chunks) == [("1", "5Mi"), ("2", "5Mi"), ("3", "2.004Mi")], copied.stderr[-6000:]
+    sizes = {"5Mi": 5 * MiB, "2.004Mi": BIG - 10 * MiB}
+    got = sorted((int(n), sizes.get(size) or int(size)) for n, size in chunks)
+    assert got == [(1, 5 * MiB), (2, 5 * MiB), (3, BIG - 10 * MiB)], copied.stderr[-6000:]
     return src, target
 
 
@@ -174,22 +196,47 @@ def test_small_tree_copy_check_and_back(rclone, remote_bucket, tmp_path):
     write_tree(src, big=False)
     target = f"{REMOTE}:{remote_bucket}/small"
     rclone.run("copy", str(src), target, *MULTIPART)
-    checked = rclone.run("check", str(src), target)
-    assert "0 differences found" in checked.stderr, checked.stderr
+    # Every hash compared: rclone's Content-MD5, sealed by the proxy, comes back on HEAD.
+    assert_in_sync(rclone, src, target)
     back = tmp_path / "back"
     rclone.run("copy", target, str(back))
     assert tree(back) == tree(src)
 
 
-def test_copy_with_multipart_then_check_finds_no_differences(rclone, uploaded):
-    src, target = uploaded
+def test_check_finds_a_changed_file_of_the_same_size(rclone, remote_bucket, tmp_path):
+    """The hashes are really compared: same size, same modification time, other bytes."""
+    src = tmp_path / "src"
+    write_tree(src, big=False)
+    target = f"{REMOTE}:{remote_bucket}/changed"
+    rclone.run("copy", str(src), target, *MULTIPART)
+    changed = src / "sub/b.bin"
+    stat = changed.stat()
+    data = bytearray(changed.read_bytes())
+    data[1000] ^= 1
+    changed.write_bytes(bytes(data))
+    os.utime(changed, ns=(stat.st_atime_ns, stat.st_mtime_ns))
+    checked = rclone.run("check", str(src), target, check=False)
+    assert checked.returncode != 0, checked.stderr
+    assert "1 differences found" in checked.stderr, checked.stderr
+    assert "sub/b.bin: md5 differ" in checked.stderr, checked.stderr
+
+
+def assert_in_sync(rclone, src: Path, target: str) -> None:
+    """Listed sizes are the local ones, and ``rclone check`` compares every file's size and
+    MD5 (none "could not be checked") and finds no difference."""
     listing = json.loads(rclone.run("lsjson", "-R", "--files-only", target).stdout)
     assert {e["Path"]: e["Size"] for e in listing} == {
         rel: len(data) for rel, data in tree(src).items()
     }
     checked = rclone.run("check", str(src), target)
     assert "0 differences found" in checked.stderr, checked.stderr
+    assert "could not be checked" not in checked.stderr, checked.stderr
     assert f"{len(tree(src))} matching files" in checked.stderr, checked.stderr
+
+
+def test_copy_with_multipart_then_check_finds_no_differences(rclone, uploaded):
+    src, target = uploaded
+    assert_in_sync(rclone, src, target)
     # The same again comparing the contents byte for byte.
     downloaded = rclone.run("check", "--download", str(src), target)
     assert "0 differences found" in downloaded.stderr, downloaded.stderr
@@ -203,6 +250,40 @@ def test_second_sync_transfers_nothing(rclone, uploaded):
     assert stats["bytes"] == 0, stats
     assert stats["errors"] == 0, stats
     assert stats["deletes"] == 0, stats
+
+
+def test_sync_uploads_changes_and_deletes_what_is_gone(rclone, uploaded):
+    src, target = uploaded
+    (src / "sub/deeper/c.txt").unlink()
+    (src / "a.txt").write_bytes(b"changed, and of another size")
+    (src / "sub/new.bin").write_bytes(random.Random(8).randbytes(54_321))
+    synced = rclone.run("sync", str(src), target, *MULTIPART, "-v", "--use-json-log")
+    stats = final_stats(synced.stderr)
+    assert (stats["transfers"], stats["deletes"], stats["errors"]) == (2, 1, 0), stats
+    assert_in_sync(rclone, src, target)
+
+
+def test_no_md5_reaches_the_backend_in_the_clear(uploaded, seaweedfs, remote_bucket):
+    """rclone's MD5s (Content-MD5 on single PUTs, md5chksum on multipart uploads) are
+    fingerprints of the plaintext: the backend holds them sealed (versions 3 and 4) only."""
+    src, _ = uploaded
+    backend = seaweedfs.client()
+    md5s = {
+        form
+        for data in tree(src).values()
+        for form in (
+            hashlib.md5(data).hexdigest(),
+            base64.b64encode(hashlib.md5(data).digest()).decode(),
+        )
+    }
+    listed = backend.list_objects_v2(Bucket=remote_bucket, Prefix="tree/")["Contents"]
+    assert len(listed) == len(tree(src))
+    for entry in listed:
+        meta = backend.head_object(Bucket=remote_bucket, Key=entry["Key"])["Metadata"]
+        expected = "4" if entry["Key"].endswith("big.bin") else "3"
+        assert meta["trios3-v"] == expected, (entry["Key"], meta)
+        assert "md5chksum" not in meta
+        assert not [form for form in md5s if form in str(meta)], meta
 
 
 def test_cat_offset_count_returns_the_plaintext_slice(rclone, uploaded):
@@ -262,3 +343,8 @@ def test_server_side_copy_of_multipart_object(rclone, uploaded):
     listing = json.loads(rclone.run("lsjson", f"{target}-copy/big.bin").stdout)
     assert [e["Size"] for e in listing] == [BIG]
     assert rfc3339_ns(listing[0]["ModTime"]) == (src / "sub/big.bin").stat().st_mtime_ns
+    hashed = rclone.run("md5sum", f"{target}-copy/big.bin").stdout
+    assert hashed.split() == [
+        hashlib.md5((src / "sub/big.bin").read_bytes()).hexdigest(),
+        "big.bin",
+    ]

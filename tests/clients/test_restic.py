@@ -1,6 +1,7 @@
 """restic through trios3: a whole backup lifecycle against a real SeaweedFS behind the proxy,
-with Debian bookworm's restic 0.14 (``restic`` on PATH, from scripts/setup-dev.sh) and the
-newest release installable here, Debian trixie's restic 0.18 (``.clients/bin/restic-0.18``, from
+with Debian bookworm's restic 0.14 (``restic`` on PATH, from scripts/setup-dev.sh), Debian
+trixie's 0.18 (``.clients/bin/restic-0.18``) and the newest release installable here, Debian
+sid's (``.clients/bin/restic-newest``, 0.19.1 when written; both from
 scripts/install-clients.sh), each over HTTP and over HTTPS (``--cacert``).
 
 Over plain HTTP restic (minio-go) uploads with ``STREAMING-AWS4-HMAC-SHA256-PAYLOAD``: 64 KiB
@@ -32,6 +33,7 @@ REPO = Path(__file__).resolve().parents[2]
 BINARIES = {
     "restic-0.14": shutil.which("restic"),  # Debian bookworm's
     "restic-0.18": str(REPO / ".clients" / "bin" / "restic-0.18"),  # Debian trixie's
+    "restic-newest": str(REPO / ".clients" / "bin" / "restic-newest"),  # Debian sid's
 }
 MiB = 1024 * 1024
 

@@ -22,7 +22,7 @@ from botocore.credentials import Credentials
 from botocore.exceptions import BotoCoreError, ClientError
 from urllib3.exceptions import HTTPError as Urllib3Error
 
-from conftest import scratch_bucket
+from conftest import scratch_bucket, set_metadata
 from trios3.core import format as fmt
 
 pytestmark = pytest.mark.integration
@@ -496,6 +496,191 @@ def test_wrong_trailer_checksum(tls_proxy, bucket):
     good = send(crc32_b64(data))
     assert good.status_code == 200, good.text
     assert client.get_object(Bucket=bucket, Key=key)["Body"].read() == data
+
+
+# -- the content MD5 (format version 3) -----------------------------------------------------------
+
+
+def md5_b64(data: bytes) -> str:
+    return base64.b64encode(hashlib.md5(data).digest()).decode()
+
+
+def test_a_content_md5_is_sealed_and_shown_as_md5chksum(s3, backend, bucket):
+    """rclone takes an object's MD5 from x-amz-meta-md5chksum when its ETag is not one."""
+    data = os.urandom(SEG + 99)
+    key = new_key("md5")
+    put = s3.put_object(
+        Bucket=bucket, Key=key, Body=data, ContentMD5=md5_b64(data), Metadata={"a": "1"}
+    )
+    assert ENCRYPTED_ETAG.match(put["ETag"]), put["ETag"]  # the ETag policy is unchanged
+    expected = {"a": "1", "md5chksum": md5_b64(data)}
+    head = s3.head_object(Bucket=bucket, Key=key)
+    assert head["Metadata"] == expected
+    assert head["ETag"] == put["ETag"]
+    got = s3.get_object(Bucket=bucket, Key=key)
+    assert (got["Body"].read(), got["Metadata"]) == (data, expected)
+    ranged = s3.get_object(Bucket=bucket, Key=key, Range="bytes=5-10")
+    assert (ranged["Body"].read(), ranged["Metadata"]) == (data[5:11], expected)
+    headers = got["ResponseMetadata"]["HTTPHeaders"]
+    assert not [h for h in headers if h.startswith("x-amz-meta-trios3")], headers
+
+    raw, meta, _ = stored(backend, bucket, key)
+    assert meta["trios3-v"] == "3"
+    assert len(raw) == stored_len(len(data))  # the body is laid out as in version 1
+    assert {k: v for k, v in meta.items() if not k.startswith("trios3-")} == {"a": "1"}
+    digest = hashlib.md5(data).digest()
+    for form in (digest.hex(), md5_b64(data), md5_b64(data).rstrip("=")):
+        assert form not in str(meta)  # sealed, never in the clear
+
+
+def test_without_a_content_md5_there_is_no_md5chksum(s3, backend, bucket):
+    key = new_key("nomd5")
+    s3.put_object(Bucket=bucket, Key=key, Body=b"no md5 sent")  # boto3 sends a CRC32 instead
+    assert s3.head_object(Bucket=bucket, Key=key)["Metadata"] == {}
+    assert stored(backend, bucket, key)[1]["trios3-v"] == "1"
+
+
+def test_the_clients_own_md5chksum_is_sealed_too(s3, backend, bucket):
+    """rclone writes md5chksum itself where the ETag cannot be the MD5: it is a fingerprint of
+    the plaintext, so the proxy seals it; it wins over the Content-MD5. A value that is not an
+    MD5 is ordinary metadata."""
+    key, odd = new_key("own"), new_key("odd")
+    claimed = md5_b64(b"what the client says")
+    s3.put_object(
+        Bucket=bucket,
+        Key=key,
+        Body=b"mine",
+        ContentMD5=md5_b64(b"mine"),
+        Metadata={"md5chksum": claimed, "mtime": "1"},
+    )
+    s3.put_object(Bucket=bucket, Key=odd, Body=b"odd", Metadata={"md5chksum": "not an md5"})
+    for resp in (s3.head_object(Bucket=bucket, Key=key), s3.get_object(Bucket=bucket, Key=key)):
+        assert resp["Metadata"] == {"md5chksum": claimed, "mtime": "1"}
+    _, meta, _ = stored(backend, bucket, key)
+    assert meta["trios3-v"] == "3"
+    assert "md5chksum" not in meta and claimed not in str(meta)
+    assert s3.head_object(Bucket=bucket, Key=odd)["Metadata"] == {"md5chksum": "not an md5"}
+    _, meta, _ = stored(backend, bucket, odd)
+    assert (meta["trios3-v"], meta["md5chksum"]) == ("1", "not an md5")
+
+
+def test_a_clear_md5chksum_beside_a_sealed_one_is_never_shown(s3, backend, bucket):
+    """The proxy never stores a clear md5chksum that is an MD5 beside a sealed one: one
+    written at the backend is not the proxy's and is dropped; the authenticated one is shown."""
+    data = os.urandom(3000)
+    key = new_key("planted")
+    s3.put_object(Bucket=bucket, Key=key, Body=data, ContentMD5=md5_b64(data))
+    _, meta, _ = stored(backend, bucket, key)
+    set_metadata(backend, bucket, key, {**meta, "md5chksum": md5_b64(b"a lie")})
+    for resp in (s3.head_object(Bucket=bucket, Key=key), s3.get_object(Bucket=bucket, Key=key)):
+        assert resp["Metadata"] == {"md5chksum": md5_b64(data)}
+
+
+def test_a_bad_content_md5_stores_nothing_even_with_an_md5chksum(s3, bucket):
+    key = new_key("bad")
+    with pytest.raises(ClientError) as info:
+        s3.put_object(
+            Bucket=bucket,
+            Key=key,
+            Body=b"the body",
+            ContentMD5=md5_b64(b"another body"),
+            Metadata={"md5chksum": md5_b64(b"the body")},
+        )
+    assert (status(info.value), code(info.value)) == (400, "BadDigest")
+    assert_missing(s3, bucket, key)
+
+
+def test_metadata_limit_leaves_room_for_the_envelope(s3, backend, bucket):
+    """S3 allows 2 KiB of user metadata; the proxy's own fields take up to 213 bytes of it, so
+    a client gets 1835: at most 2 KiB reach the backend, as AWS demands."""
+    key = new_key("meta")
+    value = "v" * (1835 - len("big") - len("md5chksum") - 24)
+    metadata = {"big": value, "md5chksum": md5_b64(b"x")}
+    s3.put_object(Bucket=bucket, Key=key, Body=b"x", ContentMD5=md5_b64(b"x"), Metadata=metadata)
+    assert s3.head_object(Bucket=bucket, Key=key)["Metadata"] == metadata
+    _, meta, _ = stored(backend, bucket, key)
+    assert sum(len(n) + len(v) for n, v in meta.items()) <= 2048
+    with pytest.raises(ClientError) as info:
+        s3.put_object(Bucket=bucket, Key=key, Body=b"x", Metadata={**metadata, "big": value + "v"})
+    assert (status(info.value), code(info.value)) == (400, "MetadataTooLarge")
+    assert info.value.response["Error"]["MaxSizeAllowed"] == "1835"
+
+
+def test_copies_keep_the_sealed_md5(s3, backend, bucket, other_bucket):
+    data = os.urandom(5000)
+    src = new_key("md5src")
+    s3.put_object(Bucket=bucket, Key=src, Body=data, ContentMD5=md5_b64(data))
+    copied, replaced, restated = new_key("md5copy"), new_key("md5replace"), new_key("md5new")
+    s3.copy_object(Bucket=other_bucket, Key=copied, CopySource={"Bucket": bucket, "Key": src})
+    s3.copy_object(
+        Bucket=bucket,
+        Key=replaced,
+        CopySource={"Bucket": bucket, "Key": src},
+        MetadataDirective="REPLACE",
+        Metadata={"new": "y"},
+    )
+    # REPLACE with an md5chksum of its own: sealed afresh (same data key, a new nonce).
+    s3.copy_object(
+        Bucket=bucket,
+        Key=restated,
+        CopySource={"Bucket": bucket, "Key": src},
+        MetadataDirective="REPLACE",
+        Metadata={"md5chksum": md5_b64(b"restated")},
+    )
+    for where, key, metadata in (
+        (other_bucket, copied, {"md5chksum": md5_b64(data)}),
+        (bucket, replaced, {"new": "y", "md5chksum": md5_b64(data)}),
+        (bucket, restated, {"md5chksum": md5_b64(b"restated")}),
+    ):
+        got = s3.get_object(Bucket=where, Key=key)
+        assert (got["Body"].read(), got["Metadata"]) == (data, metadata)
+        _, meta, _ = stored(backend, where, key)
+        assert meta["trios3-v"] == "3" and "md5chksum" not in meta
+
+
+def test_copies_seal_an_md5chksum_that_was_in_the_clear(s3, backend, bucket):
+    """Objects written before the proxy sealed md5chksum, and foreign objects (migration),
+    have it in the clear: a copy through the proxy seals it."""
+    data = os.urandom(4000)
+    legacy, foreign = new_key("legacy"), new_key("foreign")
+    s3.put_object(Bucket=bucket, Key=legacy, Body=data)  # version 1 ...
+    _, meta, _ = stored(backend, bucket, legacy)
+    # ... given an md5chksum in the clear, as older versions left rclone's
+    set_metadata(backend, bucket, legacy, {**meta, "md5chksum": md5_b64(data)})
+    backend.put_object(Bucket=bucket, Key=foreign, Body=data, Metadata={"md5chksum": md5_b64(data)})
+    for source in (legacy, foreign):
+        assert s3.head_object(Bucket=bucket, Key=source)["Metadata"] == {"md5chksum": md5_b64(data)}
+        copy = new_key("sealedcopy")
+        s3.copy_object(Bucket=bucket, Key=copy, CopySource={"Bucket": bucket, "Key": source})
+        got = s3.get_object(Bucket=bucket, Key=copy)
+        assert (got["Body"].read(), got["Metadata"]) == (data, {"md5chksum": md5_b64(data)})
+        _, meta, _ = stored(backend, bucket, copy)
+        assert meta["trios3-v"] == "3" and "md5chksum" not in meta
+
+
+def test_a_sealed_md5_from_another_object_fails(s3, backend, bucket):
+    a, b = new_key("md5a"), new_key("md5b")
+    data_a, data_b = os.urandom(3000), os.urandom(3000)
+    s3.put_object(Bucket=bucket, Key=a, Body=data_a, ContentMD5=md5_b64(data_a))
+    s3.put_object(Bucket=bucket, Key=b, Body=data_b, ContentMD5=md5_b64(data_b))
+    _, meta_a, _ = stored(backend, bucket, a)
+    _, meta_b, _ = stored(backend, bucket, b)
+
+    def rewrite(metadata):
+        set_metadata(backend, bucket, b, metadata)
+
+    rewrite({**meta_b, "trios3-md5": meta_a["trios3-md5"]})  # a's MD5 under b's data key
+    with pytest.raises(ClientError) as info:
+        s3.head_object(Bucket=bucket, Key=b)
+    assert status(info.value) == 500
+    assert_get_fails(s3, bucket, b, data_b)
+    rewrite({k: v for k, v in meta_b.items() if k != "trios3-md5"})  # the MD5 dropped
+    with pytest.raises(ClientError) as info:
+        s3.head_object(Bucket=bucket, Key=b)
+    assert status(info.value) == 500
+    assert_get_fails(s3, bucket, b, data_b)
+    rewrite(meta_b)  # put back as it was: served again
+    assert s3.head_object(Bucket=bucket, Key=b)["Metadata"] == {"md5chksum": md5_b64(data_b)}
 
 
 # -- copy -----------------------------------------------------------------------------------------

@@ -152,6 +152,11 @@ class PayloadChecks:
         return cls(md5=md5, sha256_hex=sha256_hex, algorithm=sdk_algorithm)
 
     @property
+    def content_md5(self) -> bytes | None:
+        """The Content-MD5 the client sent (raw 16 bytes): what :meth:`verify` holds it to."""
+        return self._md5_expected
+
+    @property
     def algorithm(self) -> str | None:
         """The x-amz-checksum algorithm the client asked for, if any."""
         return self._algorithm

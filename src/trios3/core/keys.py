@@ -2,7 +2,8 @@
 
 The hierarchy is master key -> KEK (HKDF) -> per-object data key, wrapped with AES-256-GCM-SIV
 and bound to (format version, key id, segment size, bucket, key), so metadata copied to another
-object, or altered, fails to unwrap. See docs/FORMAT.md.
+object, or altered, fails to unwrap. A version 3 or 4 envelope also carries the plaintext's
+MD5, sealed under a key derived from the data key. See docs/FORMAT.md.
 """
 
 from __future__ import annotations
@@ -18,7 +19,7 @@ from typing import Protocol
 
 from cryptography.exceptions import InvalidTag
 from cryptography.hazmat.primitives import hashes
-from cryptography.hazmat.primitives.ciphers.aead import AESGCMSIV
+from cryptography.hazmat.primitives.ciphers.aead import AESGCM, AESGCMSIV
 from cryptography.hazmat.primitives.kdf.hkdf import HKDF
 
 from trios3.core.errors import TamperedError
@@ -38,15 +39,71 @@ META_VERSION = META_PREFIX + "v"
 META_KEY_ID = META_PREFIX + "kid"
 META_SEGMENT_SIZE = META_PREFIX + "seg"
 META_DATA_KEY = META_PREFIX + "dek"
+META_CONTENT_MD5 = META_PREFIX + "md5"
 
 _KEY_ID_LABEL = b"trios3 key id v1"
 _KEK_INFO = b"trios3 v1 key-encryption key"
 _WRAP_AAD_PREFIX = b"trios3 v1 wrap\x00"
+_MD5_KEY_INFO = b"trios3 v3 content-md5 key"
+_MD5_AAD_PREFIX = b"trios3 v3 content-md5\x00"
 _HEX = frozenset("0123456789abcdef")
+MD5_SIZE = 16
+MD5_NONCE_SIZE = 12
+SEALED_MD5_SIZE = MD5_NONCE_SIZE + MD5_SIZE + 16  # nonce || ciphertext || tag
+
+# Envelope overhead in user metadata, as S3 counts it (name after x-amz-meta-, and value), at
+# most: trios3-v 1, trios3-kid 16, trios3-seg 8 (16 MiB), trios3-dek 80, trios3-md5 60.
+ENVELOPE_METADATA_SIZE = (8 + 1) + (10 + 16) + (10 + 8) + (10 + 80) + (10 + 60)
+
+# Format versions and the body layout each one has: 1 a single object, 2 a multipart object
+# (trios3.core.multipart); 3 and 4 are the same two with the content MD5 sealed in the
+# metadata. An object with no MD5 to seal is still written as version 1 or 2.
+SINGLE_LAYOUT, MULTIPART_LAYOUT = FORMAT_VERSION, 2
+LAYOUT_OF = {1: SINGLE_LAYOUT, 2: MULTIPART_LAYOUT, 3: SINGLE_LAYOUT, 4: MULTIPART_LAYOUT}
+WITH_SEALED_MD5 = {SINGLE_LAYOUT: 3, MULTIPART_LAYOUT: 4}
+READABLE_VERSIONS = frozenset(LAYOUT_OF)
 
 
-# Version 2 adds multipart objects (trios3.core.multipart); single PUTs are still written as v1.
-READABLE_VERSIONS = frozenset({FORMAT_VERSION, 2})
+def _md5_cipher(data_key: bytes) -> AESGCM:
+    """The key that seals an object's content MD5, derived from its data key for that alone."""
+    key = HKDF(algorithm=hashes.SHA256(), length=32, salt=None, info=_MD5_KEY_INFO).derive(data_key)
+    return AESGCM(key)
+
+
+def seal_content_md5(data_key: bytes, md5: bytes, bucket: str, key: str) -> bytes:
+    """The MD5 of an object's plaintext, encrypted under its data key and bound to its name.
+
+    The nonce is random: an object and its copies share a data key, and every copy seals the
+    MD5 again, for its own name.
+    """
+    if len(md5) != MD5_SIZE:
+        raise ValueError("an MD5 is 16 bytes")
+    nonce = os.urandom(MD5_NONCE_SIZE)
+    aad = _length_prefixed(_MD5_AAD_PREFIX, bucket, key)
+    return nonce + _md5_cipher(data_key).encrypt(nonce, md5, aad)
+
+
+def open_content_md5(data_key: bytes, sealed: bytes, bucket: str, key: str) -> bytes:
+    """The MD5 sealed by :func:`seal_content_md5`; TamperedError unless it is this object's."""
+    if len(sealed) != SEALED_MD5_SIZE:
+        raise TamperedError("the sealed content MD5 has the wrong length")
+    nonce, box = sealed[:MD5_NONCE_SIZE], sealed[MD5_NONCE_SIZE:]
+    try:
+        return _md5_cipher(data_key).decrypt(
+            nonce, box, _length_prefixed(_MD5_AAD_PREFIX, bucket, key)
+        )
+    except InvalidTag:
+        raise TamperedError("the sealed content MD5 is not this object's") from None
+
+
+def _length_prefixed(prefix: bytes, *fields: str) -> bytes:
+    """``prefix`` then each field as u32 length || UTF-8: no two tuples encode alike."""
+    out = bytearray(prefix)
+    for field in fields:
+        raw = field.encode("utf-8")
+        out += len(raw).to_bytes(4, "big")
+        out += raw
+    return bytes(out)
 
 
 def wrap_context(
@@ -57,12 +114,9 @@ def wrap_context(
     ``extra`` fields extend the binding: a multipart upload id binds the copy of the data key
     that travels in the UploadId to that one upload.
     """
-    out = bytearray(_WRAP_AAD_PREFIX)
-    for field in (str(version), key_id, str(segment_size), bucket, key, *extra):
-        raw = field.encode("utf-8")
-        out += len(raw).to_bytes(4, "big")
-        out += raw
-    return bytes(out)
+    return _length_prefixed(
+        _WRAP_AAD_PREFIX, str(version), key_id, str(segment_size), bucket, key, *extra
+    )
 
 
 class WrappingKey(Protocol):
@@ -133,14 +187,27 @@ class Envelope:
     key_id: str
     segment_size: int
     wrapped_key: bytes
+    sealed_md5: bytes | None = None  # versions 3 and 4: seal_content_md5 of the plaintext
+
+    @property
+    def layout(self) -> int:
+        """The body's layout: SINGLE_LAYOUT or MULTIPART_LAYOUT."""
+        return LAYOUT_OF[self.version]
+
+    @property
+    def multipart(self) -> bool:
+        return self.layout == MULTIPART_LAYOUT
 
     def to_metadata(self) -> dict[str, str]:
-        return {
+        meta = {
             META_VERSION: str(self.version),
             META_KEY_ID: self.key_id,
             META_SEGMENT_SIZE: str(self.segment_size),
             META_DATA_KEY: base64.b64encode(self.wrapped_key).decode("ascii"),
         }
+        if self.sealed_md5 is not None:
+            meta[META_CONTENT_MD5] = base64.b64encode(self.sealed_md5).decode("ascii")
+        return meta
 
     @classmethod
     def from_metadata(cls, headers: Mapping[str, str]) -> Envelope | None:
@@ -173,7 +240,25 @@ class Envelope:
             raise TamperedError(f"malformed {META_DATA_KEY}") from None
         if len(wrapped) != WRAPPED_KEY_SIZE:
             raise TamperedError(f"malformed {META_DATA_KEY}")
-        return cls(version, key_id, segment_size, wrapped)
+        sealed_md5 = None
+        if version in WITH_SEALED_MD5.values():
+            # Required: the version is bound into the wrap, so a version 3 or 4 object cannot
+            # pose as version 1 or 2, and its sealed MD5 cannot be dropped.
+            sealed_md5 = parse_base64(headers.get(META_CONTENT_MD5), SEALED_MD5_SIZE)
+            if sealed_md5 is None:
+                raise TamperedError(f"missing or malformed {META_CONTENT_MD5}")
+        return cls(version, key_id, segment_size, wrapped, sealed_md5)
+
+
+def parse_base64(text: str | None, size: int) -> bytes | None:
+    """Standard base64 of exactly ``size`` bytes, or None."""
+    if text is None:
+        return None
+    try:
+        raw = base64.b64decode(text.strip(), validate=True)
+    except (binascii.Error, ValueError):
+        return None
+    return raw if len(raw) == size else None
 
 
 def _parse_decimal(text: str, name: str) -> int:
@@ -214,15 +299,25 @@ class Keyring:
         return tuple(self._keys)
 
     def _wrap(
-        self, data_key: bytes, version: int, segment_size: int, bucket: str, key: str, *extra: str
+        self,
+        data_key: bytes,
+        version: int,
+        segment_size: int,
+        bucket: str,
+        key: str,
+        *extra: str,
+        sealed_md5: bytes | None = None,
     ) -> Envelope:
         if not is_valid_segment_size(segment_size):
             raise ValueError(f"unsupported segment size {segment_size}")
         if version not in READABLE_VERSIONS:
             raise ValueError(f"unknown format version {version}")
+        if (sealed_md5 is not None) != (version in WITH_SEALED_MD5.values()):
+            raise ValueError(f"a sealed MD5 goes with versions 3 and 4, and only there ({version})")
         master = self._primary
         context = wrap_context(version, master.key_id, segment_size, bucket, key, *extra)
-        return Envelope(version, master.key_id, segment_size, master.wrap(data_key, context))
+        wrapped = master.wrap(data_key, context)
+        return Envelope(version, master.key_id, segment_size, wrapped, sealed_md5)
 
     def seal_new(
         self,
@@ -230,10 +325,23 @@ class Keyring:
         key: str,
         segment_size: int = DEFAULT_SEGMENT_SIZE,
         version: int = FORMAT_VERSION,
+        *,
+        content_md5: bytes | None = None,
     ) -> tuple[bytes, Envelope]:
-        """A fresh data key for one upload attempt, and its envelope under the primary key."""
+        """A fresh data key for one upload attempt, and its envelope under the primary key.
+
+        ``version`` is the layout's (1 single, 2 multipart). With ``content_md5`` the envelope
+        carries it, sealed, and has the layout's sealed-MD5 version (3 or 4).
+        """
+        if version not in WITH_SEALED_MD5:
+            raise ValueError(f"not a layout's version: {version}")
         data_key = os.urandom(DATA_KEY_SIZE)
-        return data_key, self._wrap(data_key, version, segment_size, bucket, key)
+        sealed_md5 = None
+        if content_md5 is not None:
+            version = WITH_SEALED_MD5[version]
+            sealed_md5 = seal_content_md5(data_key, content_md5, bucket, key)
+        envelope = self._wrap(data_key, version, segment_size, bucket, key, sealed_md5=sealed_md5)
+        return data_key, envelope
 
     def open(self, envelope: Envelope, bucket: str, key: str, *extra: str) -> bytes:
         """The object's data key; TamperedError if the key id is unknown or unwrap fails."""
@@ -249,15 +357,35 @@ class Keyring:
         return data_key
 
     def rewrap(
-        self, envelope: Envelope, src_bucket: str, src_key: str, dst_bucket: str, dst_key: str
+        self,
+        envelope: Envelope,
+        src_bucket: str,
+        src_key: str,
+        dst_bucket: str,
+        dst_key: str,
+        *,
+        content_md5: bytes | None = None,
     ) -> Envelope:
-        """The same data key bound to the destination under the primary key (copy, rotation)."""
+        """The same data key bound to the destination under the primary key (copy, rotation).
+
+        The sealed MD5 comes along, sealed again for the destination, unless ``content_md5`` is
+        given: that is sealed instead, in the layout's sealed-MD5 version.
+        """
         data_key = self.open(envelope, src_bucket, src_key)
-        return self._wrap(data_key, envelope.version, envelope.segment_size, dst_bucket, dst_key)
+        version, sealed_md5 = envelope.version, None
+        if content_md5 is None and envelope.sealed_md5 is not None:
+            content_md5 = open_content_md5(data_key, envelope.sealed_md5, src_bucket, src_key)
+        if content_md5 is not None:
+            version = WITH_SEALED_MD5[envelope.layout]
+            sealed_md5 = seal_content_md5(data_key, content_md5, dst_bucket, dst_key)
+        return self._wrap(
+            data_key, version, envelope.segment_size, dst_bucket, dst_key, sealed_md5=sealed_md5
+        )
 
     def bind_to_upload(
         self, data_key: bytes, envelope: Envelope, bucket: str, key: str, upload_id: str
     ) -> Envelope:
         """A second wrap of a multipart upload's data key, bound to its backend upload id too:
-        the copy that travels in the client's UploadId (trios3.core.multipart.UploadToken)."""
-        return self._wrap(data_key, envelope.version, envelope.segment_size, bucket, key, upload_id)
+        the copy that travels in the client's UploadId (trios3.core.multipart.UploadToken).
+        It is bound to the layout's version (2), with or without a sealed MD5 in the object."""
+        return self._wrap(data_key, envelope.layout, envelope.segment_size, bucket, key, upload_id)

@@ -6,13 +6,18 @@ ciphertext (checksums, lengths) or carry the client's own signature, so it does 
 
 from __future__ import annotations
 
+import base64
 from collections.abc import Mapping
 
 from trios3.core.errors import S3Error
 from trios3.core.etag import backend_condition, client_etag
+from trios3.core.keys import ENVELOPE_METADATA_SIZE, MD5_SIZE, parse_base64
 
 RESERVED_META = "x-amz-meta-trios3-"
-MAX_USER_METADATA = 2048
+# rclone's name for an object's MD5 when its ETag is not one; sealed by the proxy.
+CONTENT_MD5_META = "x-amz-meta-md5chksum"
+# S3's 2 KiB of user metadata, less what the proxy adds to every object it encrypts.
+MAX_USER_METADATA = 2048 - ENVELOPE_METADATA_SIZE
 
 # Client -> backend on uploads and copies (x-amz-meta-* handled apart).
 UPLOAD_HEADERS = frozenset(
@@ -104,6 +109,41 @@ def user_metadata(headers: Mapping[str, str]) -> list[tuple[str, str]]:
     if sum(len(n) - len("x-amz-meta-") + len(v) for n, v in meta) > MAX_USER_METADATA:
         raise S3Error("MetadataTooLarge", fields={"MaxSizeAllowed": str(MAX_USER_METADATA)})
     return meta
+
+
+def take_content_md5(meta: list[tuple[str, str]]) -> tuple[list[tuple[str, str]], bytes | None]:
+    """Take ``x-amz-meta-md5chksum`` out of user metadata, to be sealed (trios3.core.keys).
+
+    rclone keeps a file's MD5 there, base64, when the ETag cannot be its MD5: a fingerprint of
+    the plaintext, so the backend never gets it in the clear. A value that is not an MD5 is
+    ordinary metadata and stays.
+    """
+    for i, (name, value) in enumerate(meta):
+        if name == CONTENT_MD5_META:
+            md5 = parse_md5(value)
+            if md5 is None:
+                return meta, None
+            return meta[:i] + meta[i + 1 :], md5
+    return meta, None
+
+
+def parse_md5(value: str) -> bytes | None:
+    """An MD5 given as standard base64 (rclone's md5chksum), or None."""
+    return parse_base64(value, MD5_SIZE)
+
+
+def with_content_md5(out: list[tuple[str, str]], md5: bytes) -> list[tuple[str, str]]:
+    """Response headers showing an object's (authenticated) MD5 as md5chksum.
+
+    A clear md5chksum that is an MD5 cannot be the client's own beside a sealed one (the proxy
+    takes those out), so it is dropped, never shown; one that is not an MD5 is the client's
+    own metadata and is shown as it is, instead of the sealed one.
+    """
+    clear = [v for n, v in out if n == CONTENT_MD5_META]
+    if clear and parse_md5(clear[0]) is None:
+        return out
+    shown = [(n, v) for n, v in out if n != CONTENT_MD5_META]
+    return [*shown, (CONTENT_MD5_META, base64.b64encode(md5).decode("ascii"))]
 
 
 def reject_sse_c(headers: Mapping[str, str]) -> None:

@@ -103,8 +103,11 @@ def _no_such_upload(response: httpx.Response, data: bytes) -> S3Error:
 
 async def create_upload(ex: Exchange) -> None:
     hdr.reject_sse_c(ex.headers)
-    headers = hdr.upload_headers(ex.headers) + hdr.user_metadata(ex.headers)
-    data_key, envelope = ex.services.keyring.seal_new(ex.bucket, ex.key, version=mp.VERSION)
+    meta, content_md5 = hdr.take_content_md5(hdr.user_metadata(ex.headers))
+    headers = hdr.upload_headers(ex.headers) + meta
+    data_key, envelope = ex.services.keyring.seal_new(
+        ex.bucket, ex.key, version=mp.VERSION, content_md5=content_md5
+    )
     response, data = await ex.services.backend.request(
         "POST",
         ex.bucket,

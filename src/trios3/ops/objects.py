@@ -28,7 +28,7 @@ from trios3.core import format as fmt
 from trios3.core import multipart as mp
 from trios3.core.errors import S3Error, TamperedError
 from trios3.core.etag import client_etag
-from trios3.core.keys import Envelope
+from trios3.core.keys import Envelope, open_content_md5
 from trios3.core.ranges import content_range, parse_range, stored_window
 from trios3.core.s3xml import (
     parse_complete_result,
@@ -142,7 +142,7 @@ async def get_object(ex: Exchange) -> None:
                     await _send_foreign(ex, response)
                     return
                 fetched = Fetched.of(response)
-                if envelope.version == mp.VERSION:
+                if envelope.multipart:
                     whole = fetched.start == 0 and fetched.end == fetched.total - 1
                     if whole and client_range is None and "partNumber" not in ex.target.query:
                         await _get_multipart_whole(ex, response, envelope, fetched, query)
@@ -160,6 +160,7 @@ async def get_object(ex: Exchange) -> None:
                     continue
                 data_key = ex.services.keyring.open(envelope, ex.bucket, ex.key)
                 out = hdr.object_response_headers(response.headers, encrypted=True)
+                out = with_content_md5(out, envelope, data_key, ex.bucket, ex.key)
                 out.append(("content-length", str(span.length)))
                 status = 200
                 if wanted:
@@ -178,6 +179,7 @@ async def get_object(ex: Exchange) -> None:
         data_key = ex.services.keyring.open(envelope, ex.bucket, ex.key)
         layout, known = await reads.find_layout(ex.services.backend, stored, envelope.segment_size)
         out = hdr.object_response_headers(response.headers, encrypted=True)
+        out = with_content_md5(out, envelope, data_key, ex.bucket, ex.key)
         start, end, status = _multipart_range(ex, layout, out)
         if end < start and layout.plaintext_size:  # an empty part of a non-empty object
             await ex.respond.whole(status, out, b"")
@@ -215,6 +217,7 @@ async def _get_multipart_whole(
     backend = ex.services.backend
     layout, known = await reads.find_layout(backend, stored, envelope.segment_size, first)
     out = hdr.object_response_headers(response.headers, encrypted=True)
+    out = with_content_md5(out, envelope, data_key, ex.bucket, ex.key)
     start, end, status = _multipart_range(ex, layout, out)
     opener = mp.MultipartOpener(data_key, layout, start, end, known[1])
     if opener.window != (mp.PART_HEADER_SIZE, fetched.total - 1):
@@ -365,8 +368,11 @@ async def head_object(ex: Exchange) -> None:
     if envelope is None:
         ex.services.check_foreign()
     out = hdr.object_response_headers(response.headers, encrypted=envelope is not None)
+    if envelope is not None and envelope.sealed_md5 is not None:
+        data_key = ex.services.keyring.open(envelope, ex.bucket, ex.key)
+        out = with_content_md5(out, envelope, data_key, ex.bucket, ex.key)
     stored = int(response.headers.get("content-length", "0"))
-    if envelope is not None and envelope.version == mp.VERSION:
+    if envelope is not None and envelope.multipart:
         etag = response.headers.get("etag", "")
         obj = reads.StoredObject(ex.bucket, ex.key, query, etag, stored)
         layout, _ = await reads.find_layout(ex.services.backend, obj, envelope.segment_size)
@@ -392,14 +398,33 @@ async def head_object(ex: Exchange) -> None:
     await ex.respond.body(b"", more=False)
 
 
+def with_content_md5(
+    out: list[tuple[str, str]], envelope: Envelope, data_key: bytes, bucket: str, key: str
+) -> list[tuple[str, str]]:
+    """``out`` with the object's sealed MD5, if it has one, where rclone looks for the MD5 of
+    an object whose ETag is not one (``x-amz-meta-md5chksum``)."""
+    if envelope.sealed_md5 is None:
+        return out
+    md5 = open_content_md5(data_key, envelope.sealed_md5, bucket, key)
+    return hdr.with_content_md5(out, md5)
+
+
 async def put_object(ex: Exchange) -> None:
     hdr.reject_sse_c(ex.headers)
-    meta = hdr.user_metadata(ex.headers)
+    meta, content_md5 = hdr.take_content_md5(hdr.user_metadata(ex.headers))
     body = ex.body
     headers = hdr.upload_headers(ex.headers) + meta
     headers += hdr.conditions(ex.headers, ("if-match", "if-none-match"))
     async with ex.services.budget.lease(stream_window(fmt.DEFAULT_SEGMENT_SIZE)):
-        response = await _store_encrypted(ex, headers, body.length, body.chunks())
+        # The client's md5chksum, or else its Content-MD5, is sealed into the metadata before
+        # the body is read: the body is held to a Content-MD5, and a mismatch stores nothing.
+        response = await _store_encrypted(
+            ex,
+            headers,
+            body.length,
+            body.chunks(),
+            content_md5=content_md5 or body.checks.content_md5,
+        )
     out = [("etag", client_etag(response.headers.get("etag", ""), True))]
     out += [(n, v) for n, v in body.checks.response_headers().items()]
     for name in ("x-amz-version-id", "x-amz-server-side-encryption"):
@@ -464,10 +489,16 @@ async def send_sealed(
 
 
 async def _store_encrypted(
-    ex: Exchange, headers: list[tuple[str, str]], length: int, plaintext: AsyncIterator[bytes]
+    ex: Exchange,
+    headers: list[tuple[str, str]],
+    length: int,
+    plaintext: AsyncIterator[bytes],
+    *,
+    content_md5: bytes | None = None,
 ) -> httpx.Response:
-    """Encrypt ``plaintext`` (``length`` bytes) into a new object at the exchange's key."""
-    data_key, envelope = ex.services.keyring.seal_new(ex.bucket, ex.key)
+    """Encrypt ``plaintext`` (``length`` bytes) into a new object at the exchange's key;
+    ``content_md5``, when given, must be the plaintext's and is sealed with it."""
+    data_key, envelope = ex.services.keyring.seal_new(ex.bucket, ex.key, content_md5=content_md5)
     response, data = await send_sealed(
         ex,
         fmt.SegmentSealer(data_key, envelope.segment_size),
@@ -569,7 +600,7 @@ async def open_source(services: Services, source: CopySource) -> OpenedSource:
             stored.stored_size, lambda start, end: _raw_range(backend, stored, start, end)
         )
     data_key = services.keyring.open(envelope, stored.bucket, stored.key)
-    if envelope.version == mp.VERSION:
+    if envelope.multipart:
         layout, known = await reads.find_layout(backend, stored, envelope.segment_size)
         return OpenedSource(
             layout.plaintext_size,
@@ -649,12 +680,19 @@ async def copy_object(ex: Exchange) -> None:
     else:
         described = hdr.upload_headers(ex.headers)
         meta = hdr.user_metadata(ex.headers)
+    # An md5chksum in the clear (the client's, or the source's from before the proxy sealed
+    # it) is sealed; otherwise the source's sealed MD5 comes along.
+    meta, content_md5 = hdr.take_content_md5(meta)
     if envelope is None:
-        await _copy_foreign(ex, src_bucket, src_key, query, source, described + meta)
+        await _copy_foreign(
+            ex, src_bucket, src_key, query, source, described + meta, content_md5=content_md5
+        )
         return
-    rewrapped = ex.services.keyring.rewrap(envelope, src_bucket, src_key, ex.bucket, ex.key)
+    rewrapped = ex.services.keyring.rewrap(
+        envelope, src_bucket, src_key, ex.bucket, ex.key, content_md5=content_md5
+    )
     headers = described + meta + list(rewrapped.to_metadata().items())
-    if envelope.version == mp.VERSION:
+    if envelope.multipart:
         # A backend CopyObject copies the tags itself; a part-for-part copy must carry them.
         headers = [(n, v) for n, v in headers if n != "x-amz-tagging"]
         if ex.headers.get("x-amz-tagging-directive", "COPY").upper() == "REPLACE":
@@ -702,6 +740,8 @@ async def _copy_foreign(
     query: list[tuple[str, str]],
     source: httpx.Headers,
     headers: list[tuple[str, str]],
+    *,
+    content_md5: bytes | None,
 ) -> None:
     """Copy an object the proxy did not encrypt by streaming it through the encrypting PUT
     path: a copy through the proxy never stores plaintext (and so migrates the object)."""
@@ -727,7 +767,7 @@ async def _copy_foreign(
             if received != length:
                 raise S3Error("InternalError", "The copy source ended early.")
 
-        stored = await _store_encrypted(ex, headers, length, plaintext())
+        stored = await _store_encrypted(ex, headers, length, plaintext(), content_md5=content_md5)
     last_modified = stored.headers.get("last-modified", "")
     try:
         last_modified = parsedate_to_datetime(last_modified).strftime("%Y-%m-%dT%H:%M:%S.000Z")
