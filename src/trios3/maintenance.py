@@ -90,8 +90,11 @@ async def rewrap_object(
         return "foreign"
     described, meta = objects.described_by(head.headers)
     # An md5chksum in the clear (written before the proxy sealed it) is sealed now, so an
-    # object on the primary key that has one is not done yet.
+    # object on the primary key that has one is not done yet. Beside a sealed one, a clear
+    # one is not the proxy's: it is dropped, never sealed.
     meta, content_md5 = hdr.take_content_md5(meta)
+    if envelope.sealed_md5 is not None:
+        content_md5 = None
     if envelope.key_id == keyring.primary.key_id and content_md5 is None:
         return "current"
     if dry_run:

@@ -574,6 +574,11 @@ def test_a_clear_md5chksum_beside_a_sealed_one_is_never_shown(s3, backend, bucke
     set_metadata(backend, bucket, key, {**meta, "md5chksum": md5_b64(b"a lie")})
     for resp in (s3.head_object(Bucket=bucket, Key=key), s3.get_object(Bucket=bucket, Key=key)):
         assert resp["Metadata"] == {"md5chksum": md5_b64(data)}
+    # Nor is it laundered into a copy's seal.
+    copy = new_key("plantedcopy")
+    s3.copy_object(Bucket=bucket, Key=copy, CopySource={"Bucket": bucket, "Key": key})
+    assert s3.head_object(Bucket=bucket, Key=copy)["Metadata"] == {"md5chksum": md5_b64(data)}
+    assert "md5chksum" not in stored(backend, bucket, copy)[1]
 
 
 def test_a_bad_content_md5_stores_nothing_even_with_an_md5chksum(s3, bucket):

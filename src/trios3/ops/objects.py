@@ -160,7 +160,7 @@ async def get_object(ex: Exchange) -> None:
                     continue
                 data_key = ex.services.keyring.open(envelope, ex.bucket, ex.key)
                 out = hdr.object_response_headers(response.headers, encrypted=True)
-                out = with_content_md5(out, envelope, data_key, ex.bucket, ex.key)
+                out = _show_sealed_md5(out, envelope, data_key, ex.bucket, ex.key)
                 out.append(("content-length", str(span.length)))
                 status = 200
                 if wanted:
@@ -179,7 +179,7 @@ async def get_object(ex: Exchange) -> None:
         data_key = ex.services.keyring.open(envelope, ex.bucket, ex.key)
         layout, known = await reads.find_layout(ex.services.backend, stored, envelope.segment_size)
         out = hdr.object_response_headers(response.headers, encrypted=True)
-        out = with_content_md5(out, envelope, data_key, ex.bucket, ex.key)
+        out = _show_sealed_md5(out, envelope, data_key, ex.bucket, ex.key)
         start, end, status = _multipart_range(ex, layout, out)
         if end < start and layout.plaintext_size:  # an empty part of a non-empty object
             await ex.respond.whole(status, out, b"")
@@ -217,7 +217,7 @@ async def _get_multipart_whole(
     backend = ex.services.backend
     layout, known = await reads.find_layout(backend, stored, envelope.segment_size, first)
     out = hdr.object_response_headers(response.headers, encrypted=True)
-    out = with_content_md5(out, envelope, data_key, ex.bucket, ex.key)
+    out = _show_sealed_md5(out, envelope, data_key, ex.bucket, ex.key)
     start, end, status = _multipart_range(ex, layout, out)
     opener = mp.MultipartOpener(data_key, layout, start, end, known[1])
     if opener.window != (mp.PART_HEADER_SIZE, fetched.total - 1):
@@ -370,7 +370,7 @@ async def head_object(ex: Exchange) -> None:
     out = hdr.object_response_headers(response.headers, encrypted=envelope is not None)
     if envelope is not None and envelope.sealed_md5 is not None:
         data_key = ex.services.keyring.open(envelope, ex.bucket, ex.key)
-        out = with_content_md5(out, envelope, data_key, ex.bucket, ex.key)
+        out = _show_sealed_md5(out, envelope, data_key, ex.bucket, ex.key)
     stored = int(response.headers.get("content-length", "0"))
     if envelope is not None and envelope.multipart:
         etag = response.headers.get("etag", "")
@@ -398,7 +398,7 @@ async def head_object(ex: Exchange) -> None:
     await ex.respond.body(b"", more=False)
 
 
-def with_content_md5(
+def _show_sealed_md5(
     out: list[tuple[str, str]], envelope: Envelope, data_key: bytes, bucket: str, key: str
 ) -> list[tuple[str, str]]:
     """``out`` with the object's sealed MD5, if it has one, where rclone looks for the MD5 of
@@ -681,8 +681,11 @@ async def copy_object(ex: Exchange) -> None:
         described = hdr.upload_headers(ex.headers)
         meta = hdr.user_metadata(ex.headers)
     # An md5chksum in the clear (the client's, or the source's from before the proxy sealed
-    # it) is sealed; otherwise the source's sealed MD5 comes along.
+    # it) is sealed; otherwise the source's sealed MD5 comes along. A clear one beside the
+    # source's sealed one is not the proxy's (hdr.with_content_md5) and is not carried.
     meta, content_md5 = hdr.take_content_md5(meta)
+    if directive == "COPY" and envelope is not None and envelope.sealed_md5 is not None:
+        content_md5 = None
     if envelope is None:
         await _copy_foreign(
             ex, src_bucket, src_key, query, source, described + meta, content_md5=content_md5
