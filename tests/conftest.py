@@ -32,15 +32,16 @@ class Endpoint:
     ca_bundle: str | None = None
     master_key: str | None = None
 
-    def client(self, **config):
-        """A boto3 S3 client with its current default checksum behaviour."""
+    def client(self, signature_version: str = "s3v4", **config):
+        """A boto3 S3 client with its current default checksum behaviour (SigV4 unless told
+        ``signature_version="s3"``, the SigV2 the proxy refuses)."""
         import boto3
         from botocore.config import Config
 
         cfg = Config(
             s3={"addressing_style": "path"},
             retries={"max_attempts": 1},
-            signature_version="s3v4",
+            signature_version=signature_version,
             **config,
         )
         return boto3.client(
@@ -239,6 +240,39 @@ def scratch_bucket(seaweedfs: Endpoint, prefix: str):
         if keys:
             client.delete_objects(Bucket=name, Delete={"Objects": keys, "Quiet": True})
     client.delete_bucket(Bucket=name)
+
+
+@pytest.fixture(params=["http", "https"])
+def endpoint(request) -> Endpoint:
+    """Each test over plain HTTP and over HTTPS (a self-signed certificate). The two proxies
+    have master keys of their own: objects are read back through the one that wrote them."""
+    return request.getfixturevalue("proxy" if request.param == "http" else "tls_proxy")
+
+
+@pytest.fixture
+def s3(endpoint):
+    """A boto3 client of the proxy."""
+    return endpoint.client()
+
+
+@pytest.fixture
+def backend(seaweedfs):
+    """A boto3 client of the SeaweedFS behind the proxy: what is really stored."""
+    return seaweedfs.client()
+
+
+def status(err) -> int:
+    """The HTTP status of a botocore ClientError."""
+    return err.response["ResponseMetadata"]["HTTPStatusCode"]
+
+
+def code(err) -> str:
+    """The S3 error code of a botocore ClientError."""
+    return err.response["Error"]["Code"]
+
+
+def new_key(prefix: str = "obj") -> str:
+    return f"{prefix}-{uuid.uuid4().hex[:12]}"
 
 
 def set_metadata(backend, bucket: str, key: str, metadata: dict[str, str]) -> None:

@@ -19,7 +19,7 @@ import uuid
 from pathlib import Path
 
 import pytest
-from presigned import fetch_with_curl
+from awscli_shared import fetch_with_curl, ls_sizes
 
 pytestmark = pytest.mark.clients
 
@@ -70,17 +70,7 @@ class AwsCli:
 
     def listing(self, *args: str) -> dict[str, int]:
         """``aws s3 ls`` output as {name: size} (directories, shown as PRE, are left out)."""
-        sizes = {}
-        for line in self.run("s3", "ls", *args).stdout.splitlines():
-            parts = line.split(None, 3)
-            if len(parts) == 4 and parts[0] != "PRE":
-                sizes[parts[3]] = int(parts[2])
-        return sizes
-
-
-@pytest.fixture(params=["http", "https"])
-def endpoint(request):
-    return request.getfixturevalue("proxy" if request.param == "http" else "tls_proxy")
+        return ls_sizes(self.run("s3", "ls", *args).stdout)
 
 
 @pytest.fixture

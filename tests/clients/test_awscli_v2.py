@@ -21,7 +21,7 @@ import time
 from pathlib import Path
 
 import pytest
-from presigned import fetch_with_curl
+from awscli_shared import fetch_with_curl, ls_sizes
 
 pytestmark = pytest.mark.clients
 
@@ -75,12 +75,7 @@ class AwsCliV2:
 
     def listing(self, *args: str) -> dict[str, int]:
         """``aws s3 ls`` output as {name: size} (directories, shown as PRE, are left out)."""
-        sizes = {}
-        for line in self.run("s3", "ls", *args).stdout.splitlines():
-            parts = line.split(None, 3)
-            if len(parts) == 4 and parts[0] != "PRE":
-                sizes[parts[3]] = int(parts[2])
-        return sizes
+        return ls_sizes(self.run("s3", "ls", *args).stdout)
 
 
 @pytest.fixture(scope="module", params=sorted(BINARIES))
@@ -91,11 +86,6 @@ def binary(request) -> str:
     version = subprocess.run([path, "--version"], capture_output=True, text=True, check=True)
     assert version.stdout.startswith("aws-cli/2."), version.stdout
     return path
-
-
-@pytest.fixture(params=["http", "https"])
-def endpoint(request):
-    return request.getfixturevalue("proxy" if request.param == "http" else "tls_proxy")
 
 
 # Proxy bug, found by this suite: see test_expect_100_continue_is_answered_with_a_reason_phrase.

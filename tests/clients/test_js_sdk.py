@@ -66,11 +66,6 @@ class JsSdk:
         return out["result"], out["requests"]
 
 
-@pytest.fixture(params=["http", "https"])
-def endpoint(request):
-    return request.getfixturevalue("proxy" if request.param == "http" else "tls_proxy")
-
-
 @pytest.fixture
 def js(endpoint, bucket) -> JsSdk:
     if NODE is None:

@@ -94,11 +94,6 @@ class Rclone:
         return result
 
 
-@pytest.fixture(params=["http", "https"])
-def endpoint(request):
-    return request.getfixturevalue("proxy" if request.param == "http" else "tls_proxy")
-
-
 @pytest.fixture(scope="module", params=sorted(BINARIES))
 def binary(request) -> str:
     path = BINARIES[request.param]

@@ -47,11 +47,6 @@ def binary(request) -> str:
     return path
 
 
-@pytest.fixture(params=["http", "https"])
-def endpoint(request):
-    return request.getfixturevalue("proxy" if request.param == "http" else "tls_proxy")
-
-
 class Restic:
     def __init__(self, binary: str, endpoint, tmp_path: Path) -> None:
         bucket = "restic-" + uuid.uuid4().hex[:12]

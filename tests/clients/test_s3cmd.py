@@ -83,11 +83,6 @@ class S3cmd:
         return out
 
 
-@pytest.fixture(params=["http", "https"])
-def endpoint(request):
-    return request.getfixturevalue("proxy" if request.param == "http" else "tls_proxy")
-
-
 @pytest.fixture
 def s3cmd(endpoint, tmp_path) -> S3cmd:
     if S3CMD is None:

@@ -27,11 +27,6 @@ CASES = {
 }
 
 
-@pytest.fixture(params=["http", "https"])
-def endpoint(request):
-    return request.getfixturevalue("proxy" if request.param == "http" else "tls_proxy")
-
-
 def transfer_config(part_size: int) -> TransferConfig:
     return TransferConfig(
         multipart_threshold=5 * MiB, multipart_chunksize=part_size, max_concurrency=4

@@ -18,17 +18,9 @@ from botocore.awsrequest import AWSRequest
 from botocore.credentials import Credentials
 from botocore.exceptions import ClientError
 
-from conftest import scratch_bucket
+from conftest import code, scratch_bucket, status
 
 pytestmark = pytest.mark.integration
-
-
-def status(err: ClientError) -> int:
-    return err.response["ResponseMetadata"]["HTTPStatusCode"]
-
-
-def code(err: ClientError) -> str:
-    return err.response["Error"]["Code"]
 
 
 def signed_get(endpoint, path: str, query: str) -> httpx.Response:

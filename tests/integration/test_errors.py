@@ -12,29 +12,19 @@ import uuid
 from dataclasses import replace
 from unittest import mock
 
-import boto3
 import httpx
 import pytest
 from botocore.auth import S3SigV4Auth
 from botocore.awsrequest import AWSRequest
-from botocore.config import Config
 from botocore.credentials import Credentials
 from botocore.exceptions import ClientError
 
-from conftest import scratch_bucket
+from conftest import code, new_key, scratch_bucket, status
 from trios3.core.sigv4 import SigningScope, chunk_signature, derive_signing_key
 
 pytestmark = pytest.mark.integration
 
 STREAMING = "STREAMING-AWS4-HMAC-SHA256-PAYLOAD"
-
-
-def status(err: ClientError) -> int:
-    return err.response["ResponseMetadata"]["HTTPStatusCode"]
-
-
-def code(err: ClientError) -> str:
-    return err.response["Error"]["Code"]
 
 
 def xml_code(response: httpx.Response) -> str | None:
@@ -52,15 +42,6 @@ def verify_of(endpoint):
 def bucket(seaweedfs):
     """One bucket for the module."""
     yield from scratch_bucket(seaweedfs, "errors")
-
-
-@pytest.fixture(params=["proxy", "tls_proxy"])
-def endpoint(request):
-    return request.getfixturevalue(request.param)
-
-
-def new_key(prefix: str = "err") -> str:
-    return f"{prefix}-{uuid.uuid4().hex[:12]}"
 
 
 def assert_serving(endpoint, bucket: str) -> None:
@@ -207,15 +188,7 @@ def test_presigned_tampered_signature(endpoint, bucket):
 
 
 def test_sigv2_presign_refused(endpoint, bucket):
-    client = boto3.client(
-        "s3",
-        endpoint_url=endpoint.url,
-        aws_access_key_id=endpoint.access_key,
-        aws_secret_access_key=endpoint.secret_key,
-        region_name="us-east-1",
-        config=Config(signature_version="s3", s3={"addressing_style": "path"}),
-        verify=endpoint.ca_bundle if endpoint.url.startswith("https") else None,
-    )
+    client = endpoint.client(signature_version="s3")
     key = new_key()
     endpoint.client().put_object(Bucket=bucket, Key=key, Body=b"v2")
     url = client.generate_presigned_url("get_object", Params={"Bucket": bucket, "Key": key})

@@ -11,13 +11,12 @@ import hashlib
 import io
 import os
 import re
-import uuid
 
 import pytest
 from boto3.s3.transfer import TransferConfig
 from botocore.exceptions import ClientError, ResponseStreamingError
 
-from conftest import scratch_bucket, set_metadata
+from conftest import code, new_key, scratch_bucket, set_metadata, status
 from trios3.core import format as fmt
 from trios3.core import multipart as mp
 
@@ -28,33 +27,6 @@ SEG = fmt.DEFAULT_SEGMENT_SIZE
 H = mp.PART_HEADER_SIZE
 MULTIPART_ETAG = re.compile(r'^"[0-9a-f]{32}-(\d+)"$')
 PART_ETAG = re.compile(r'^"[0-9a-f]{32}-0"$')
-
-
-def status(err: ClientError) -> int:
-    return err.response["ResponseMetadata"]["HTTPStatusCode"]
-
-
-def code(err: ClientError) -> str:
-    return err.response["Error"]["Code"]
-
-
-def new_key(prefix: str = "mp") -> str:
-    return f"{prefix}-{uuid.uuid4().hex[:12]}"
-
-
-@pytest.fixture(params=["proxy", "tls_proxy"])
-def endpoint(request):
-    return request.getfixturevalue(request.param)
-
-
-@pytest.fixture
-def s3(endpoint):
-    return endpoint.client()
-
-
-@pytest.fixture
-def backend(seaweedfs):
-    return seaweedfs.client()
 
 
 @pytest.fixture(scope="module")

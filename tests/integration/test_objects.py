@@ -22,7 +22,7 @@ from botocore.credentials import Credentials
 from botocore.exceptions import BotoCoreError, ClientError
 from urllib3.exceptions import HTTPError as Urllib3Error
 
-from conftest import scratch_bucket, set_metadata
+from conftest import code, new_key, scratch_bucket, set_metadata, status
 from trios3.core import format as fmt
 
 pytestmark = pytest.mark.integration
@@ -39,34 +39,6 @@ def stored_len(size: int, segment: int = SEG) -> int:
 
 def crc32_b64(data: bytes) -> str:
     return base64.b64encode(zlib.crc32(data).to_bytes(4, "big")).decode()
-
-
-def status(err: ClientError) -> int:
-    return err.response["ResponseMetadata"]["HTTPStatusCode"]
-
-
-def code(err: ClientError) -> str:
-    return err.response["Error"]["Code"]
-
-
-def new_key(prefix: str = "obj") -> str:
-    return f"{prefix}-{uuid.uuid4().hex[:12]}"
-
-
-@pytest.fixture(params=["proxy", "tls_proxy"])
-def endpoint(request):
-    """Each proxy has its own master key: objects are read back through the one that wrote."""
-    return request.getfixturevalue(request.param)
-
-
-@pytest.fixture
-def s3(endpoint):
-    return endpoint.client()
-
-
-@pytest.fixture
-def backend(seaweedfs):
-    return seaweedfs.client()
 
 
 @pytest.fixture(scope="module")

@@ -1,4 +1,5 @@
-"""Fetching a presigned URL with curl, as a user would: shared by the aws cli suites."""
+"""What the aws cli v1 and v2 suites share: reading ``aws s3 ls``, and fetching a presigned URL
+with curl, as a user would."""
 
 from __future__ import annotations
 
@@ -32,3 +33,13 @@ def fetch_with_curl(url: str, endpoint, out: Path, expected: bytes) -> None:
     )
     assert refused.stdout.rsplit("\n", 1)[-1] == "403", refused.stdout
     assert "<Code>SignatureDoesNotMatch</Code>" in refused.stdout
+
+
+def ls_sizes(stdout: str) -> dict[str, int]:
+    """``aws s3 ls`` output as {name: size} (directories, shown as PRE, are left out)."""
+    sizes = {}
+    for line in stdout.splitlines():
+        parts = line.split(None, 3)
+        if len(parts) == 4 and parts[0] != "PRE":
+            sizes[parts[3]] = int(parts[2])
+    return sizes
