@@ -2,197 +2,40 @@
 
 Run: .venv/bin/python scripts/bench.py [--large-mib 256] [--small-count 300] [--rounds 2]
 
-Starts its own SeaweedFS and ``trios3 serve`` (with the helpers of tests/conftest.py), then
+Starts its own SeaweedFS and ``trios3 serve`` (with the tests' harness, tests/harness.py), then
 for one large object and for many 1 KiB objects measures sequential PUT and GET throughput
 through the proxy and directly against SeaweedFS, plus the proxy process's CPU seconds
 (utime+stime from /proc/<pid>/stat) per GiB of plaintext moved.
 
-The client is httpx with a small SigV4 signer (trios3.core.sigv4.sign_request) sending
-``UNSIGNED-PAYLOAD``: it hashes nothing, keeps one pooled connection, and streams GET
-bodies to nowhere. Measured against boto3 with ``request_checksum_calculation=
-"when_required"`` on this 2-core box: boto3 still SHA-256-hashes every body over http
-(256 MiB PUT direct 119 MiB/s vs 150 for httpx) and spends ~3.1 ms of client CPU per 1 KiB
-request vs ~1.8 ms for httpx. The one case where boto3 is faster is a large GET straight
-from SeaweedFS (~760 vs ~480 MiB/s: httpcore reads 64 KiB per recv), so the *direct* large
-GET figure is a lower bound; the proxied GET is far below that client ceiling. The
-"client busy" column (the script's CPU time / wall time) shows how client-bound a row is.
+The client (tests/s3clients.py's S3) is httpx with a small SigV4 signer
+(trios3.core.sigv4.sign_request) sending ``UNSIGNED-PAYLOAD``: it hashes nothing, keeps one
+pooled connection, and streams GET bodies to nowhere. Measured against boto3 with
+``request_checksum_calculation="when_required"`` on this 2-core box: boto3 still SHA-256-hashes
+every body over http (256 MiB PUT direct 119 MiB/s vs 150 for httpx) and spends ~3.1 ms of
+client CPU per 1 KiB request vs ~1.8 ms for httpx. The one case where boto3 is faster is a
+large GET straight from SeaweedFS (~760 vs ~480 MiB/s: httpcore reads 64 KiB per recv), so the
+*direct* large GET figure is a lower bound; the proxied GET is far below that client ceiling.
+The "client busy" column (the script's CPU time / wall time) shows how client-bound a row is.
 """
 
 from __future__ import annotations
 
 import argparse
 import os
-import subprocess
 import sys
-import tempfile
 import time
 import uuid
-from collections.abc import Iterable
 from contextlib import contextmanager
-from datetime import UTC, datetime
 from pathlib import Path
 
-import httpx
-
-REPO = Path(__file__).resolve().parent.parent
-sys.path.insert(0, str(REPO / "tests"))
-
-import conftest  # noqa: E402  (the fixtures' helpers: SeaweedFS and proxy start-up)
-from trios3.core import sigv4  # noqa: E402
-from trios3.embedded import (  # noqa: E402
-    PORT_OPTIONS,
-    backend_identity,
-    find_weed,
-    free_ports,
-    weed_command,
-)
+# The servers and clients the tests use too: tests/harness.py, tests/s3clients.py.
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent / "tests"))
+from harness import cpu_seconds, running_servers, vm_hwm_kib
+from s3clients import S3
 
 KiB = 1024
 MiB = 1024 * KiB
 GiB = 1024 * MiB
-CLK_TCK = os.sysconf("SC_CLK_TCK")
-
-
-# --- servers -------------------------------------------------------------------------------
-
-
-@contextmanager
-def running_seaweedfs(directory: Path):
-    """A SeaweedFS (`weed mini`) on loopback, as the session fixture starts it."""
-    data = directory / "seaweedfs"
-    access, secret, s3_config = backend_identity(data)
-    ports = dict(zip(PORT_OPTIONS, free_ports(len(PORT_OPTIONS)), strict=True))
-    with open(data / "weed.log", "wb") as log:
-        process = subprocess.Popen(
-            weed_command(find_weed(), data, s3_config, ports),
-            stdout=log,
-            stderr=subprocess.STDOUT,
-        )
-        try:
-            conftest._wait_port(ports["s3.port"], process, "SeaweedFS")
-            endpoint = conftest.Endpoint(f"http://127.0.0.1:{ports['s3.port']}", access, secret)
-            conftest._wait_writable(endpoint)
-            yield endpoint, process
-        finally:
-            conftest._stop(process)
-
-
-@contextmanager
-def running_proxy(seaweedfs, directory: Path):
-    """``trios3 serve`` in front of ``seaweedfs``; yields (endpoint, process)."""
-    directory.mkdir(parents=True, exist_ok=True)
-    process, endpoint, log = conftest.start_proxy(seaweedfs, directory)
-    try:
-        yield endpoint, process
-    finally:
-        conftest._stop(process)
-        log.close()
-
-
-def cpu_seconds(pid: int) -> float:
-    """utime + stime of a process (all its threads), in seconds."""
-    with open(f"/proc/{pid}/stat") as f:
-        fields = f.read().rsplit(")", 1)[1].split()
-    return (int(fields[11]) + int(fields[12])) / CLK_TCK
-
-
-def vm_hwm_kib(pid: int) -> int:
-    with open(f"/proc/{pid}/status") as f:
-        for line in f:
-            if line.startswith("VmHWM:"):
-                return int(line.split()[1])
-    raise RuntimeError("no VmHWM")
-
-
-# --- client --------------------------------------------------------------------------------
-
-
-class S3:
-    """A minimal path-style S3 client: httpx plus SigV4 with UNSIGNED-PAYLOAD bodies."""
-
-    def __init__(self, endpoint, timeout: float = 600) -> None:
-        self.endpoint = endpoint
-        self.url = httpx.URL(endpoint.url)
-        self.host = self.url.netloc.decode("ascii")
-        self.client = httpx.Client(timeout=timeout, verify=False)
-
-    def close(self) -> None:
-        self.client.close()
-
-    def build(
-        self,
-        method: str,
-        bucket: str,
-        key: str | None = None,
-        *,
-        content: bytes | Iterable[bytes] | None = None,
-        length: int | None = None,
-    ) -> httpx.Request:
-        path = "/" + sigv4.uri_encode(bucket)
-        if key is not None:
-            path += "/" + sigv4.uri_encode(key, encode_slash=False)
-        headers = [("host", self.host)]
-        if content is not None:
-            size = len(content) if isinstance(content, bytes) else length
-            headers.append(("content-length", str(size)))
-        payload = "UNSIGNED-PAYLOAD" if content is not None else sigv4.EMPTY_SHA256
-        headers += sigv4.sign_request(
-            method,
-            path,
-            [],
-            headers,
-            payload,
-            self.endpoint.access_key,
-            self.endpoint.secret_key,
-            "us-east-1",
-            datetime.now(UTC),
-        )
-        url = self.url.copy_with(raw_path=path.encode("ascii"))
-        return self.client.build_request(
-            method, url, headers=[(n, v) for n, v in headers if n != "host"], content=content
-        )
-
-    def create_bucket(self, bucket: str) -> None:
-        response = self.client.send(self.build("PUT", bucket, content=b""))
-        if response.status_code != 200:
-            raise RuntimeError(f"CreateBucket: {response.status_code} {response.text}")
-
-    def put(self, bucket: str, key: str, content, length: int | None = None) -> None:
-        if isinstance(content, bytes) and len(content) > MiB:
-            # httpcore's sync writer re-slices the remaining bytes after every send(): one
-            # 256 MiB bytes body costs gigabytes of memcpy. Hand it over in 1 MiB pieces.
-            content, length = pieces(content), len(content)
-        response = self.client.send(self.build("PUT", bucket, key, content=content, length=length))
-        if response.status_code != 200:
-            raise RuntimeError(f"PUT {key}: {response.status_code} {response.text}")
-
-    def get_into(self, bucket: str, key: str, sink=None) -> int:
-        """GET streaming; feed every chunk to ``sink`` (if any); return the byte count."""
-        response = self.client.send(self.build("GET", bucket, key), stream=True)
-        try:
-            if response.status_code != 200:
-                response.read()
-                raise RuntimeError(f"GET {key}: {response.status_code} {response.text}")
-            size = 0
-            for chunk in response.iter_raw():
-                size += len(chunk)
-                if sink is not None:
-                    sink(chunk)
-            return size
-        finally:
-            response.close()
-
-    def get(self, bucket: str, key: str) -> bytes:
-        response = self.client.send(self.build("GET", bucket, key))
-        if response.status_code != 200:
-            raise RuntimeError(f"GET {key}: {response.status_code} {response.text}")
-        return response.content
-
-
-def pieces(data: bytes, size: int = MiB) -> Iterable[bytes]:
-    view = memoryview(data)
-    for offset in range(0, len(data), size):
-        yield bytes(view[offset : offset + size])
 
 
 # --- measurements --------------------------------------------------------------------------
@@ -284,35 +127,31 @@ def main() -> int:
     args = parser.parse_args()
 
     started = time.perf_counter()
-    with tempfile.TemporaryDirectory(prefix="trios3-bench-") as tmp:
-        tmp_path = Path(tmp)
-        with (
-            running_seaweedfs(tmp_path) as (weed, _),
-            running_proxy(weed, tmp_path / "proxy") as (proxy, proxy_process),
-        ):
-            print(f"SeaweedFS {weed.url}, trios3 {proxy.url} (pid {proxy_process.pid})")
-            bucket = "bench-" + uuid.uuid4().hex[:8]
-            direct, proxied = S3(weed), S3(proxy)
-            proxied.create_bucket(bucket)
-            data = os.urandom(args.large_mib * MiB)
-            label = f"{args.large_mib} MiB x1"
-            results = []
-            d = large(direct, Meter(None), bucket, data, args.rounds)
-            p = large(proxied, Meter(proxy_process.pid), bucket, data, args.rounds)
-            results += [(label, op, d[op], p[op]) for op in ("PUT", "GET")]
-            del data
-            slabel = f"{args.small_size // KiB} KiB x{args.small_count}"
-            d = small(direct, Meter(None), bucket, args.small_count, args.small_size)
-            p = small(proxied, Meter(proxy_process.pid), bucket, args.small_count, args.small_size)
-            results += [(slabel, op, d[op], p[op]) for op in ("PUT", "GET")]
-            direct.close()
-            proxied.close()
-            print(
-                f"\nsequential, one connection, httpx + UNSIGNED-PAYLOAD; large: best of "
-                f"{args.rounds}; proxy peak RSS (VmHWM) {vm_hwm_kib(proxy_process.pid) / KiB:.0f}"
-                " MiB\n"
-            )
-            print(table(results))
+    with running_servers("trios3-bench-") as (weed, served):
+        proxy, proxy_process = served.endpoint, served.process
+        print(f"SeaweedFS {weed.url}, trios3 {proxy.url} (pid {proxy_process.pid})")
+        bucket = "bench-" + uuid.uuid4().hex[:8]
+        direct, proxied = S3(weed), S3(proxy)
+        proxied.create_bucket(bucket)
+        data = os.urandom(args.large_mib * MiB)
+        label = f"{args.large_mib} MiB x1"
+        results = []
+        d = large(direct, Meter(None), bucket, data, args.rounds)
+        p = large(proxied, Meter(proxy_process.pid), bucket, data, args.rounds)
+        results += [(label, op, d[op], p[op]) for op in ("PUT", "GET")]
+        del data
+        slabel = f"{args.small_size // KiB} KiB x{args.small_count}"
+        d = small(direct, Meter(None), bucket, args.small_count, args.small_size)
+        p = small(proxied, Meter(proxy_process.pid), bucket, args.small_count, args.small_size)
+        results += [(slabel, op, d[op], p[op]) for op in ("PUT", "GET")]
+        direct.close()
+        proxied.close()
+        print(
+            f"\nsequential, one connection, httpx + UNSIGNED-PAYLOAD; large: best of "
+            f"{args.rounds}; proxy peak RSS (VmHWM) {vm_hwm_kib(proxy_process.pid) / KiB:.0f}"
+            " MiB\n"
+        )
+        print(table(results))
     print(f"\ntotal run time {time.perf_counter() - started:.0f} s")
     return 0
 

@@ -25,9 +25,9 @@ UploadParts and CompleteMultipartUpload. ``--no-multipart`` leaves out the mp* a
 scenarios and the multipart half of the mixed one (what this script did before trios3 had
 multipart uploads: a proxy that answers 501 to CreateMultipartUpload stops the run at set-up).
 
-Clients are raw HTTP/1.1 over trio sockets (one connection per request, SigV4 from
-trios3.core.sigv4 with UNSIGNED-PAYLOAD), so that the script itself can keep up and can
-disconnect exactly where it wants. GET behaviours are mixed: most read at full speed and
+Clients are raw HTTP/1.1 over trio sockets (tests/s3clients.py's RawClient: one connection
+per request, SigV4 from trios3.core.sigv4 with UNSIGNED-PAYLOAD), so that the script itself can
+keep up and can disconnect exactly where it wants. GET behaviours are mixed: most read at full speed and
 check the SHA-256 of the whole body; some read slowly (2-8 MiB/s for a few seconds, then
 finish and check); some disconnect on purpose (while queued for admission, right after the
 status line, after a few KiB, mid-stream). A 503 SlowDown is retried a bounded number of
@@ -63,7 +63,6 @@ import os
 import random
 import re
 import shutil
-import subprocess
 import sys
 import tempfile
 import time
@@ -71,347 +70,73 @@ import uuid
 from collections import Counter
 from collections.abc import Sequence
 from dataclasses import dataclass, field, replace
-from datetime import UTC, datetime
 from pathlib import Path
 
 import trio
-from bench import MiB, conftest, cpu_seconds, running_seaweedfs
-from cryptography.hazmat.primitives.ciphers import Cipher, algorithms, modes
 
 from trios3.core import format as fmt
-from trios3.core import sigv4
 from trios3.core.keys import MasterKey
-from trios3.embedded import free_ports
-from trios3.ops.objects import stream_window
+from trios3.ops.streaming import lease_bytes
+
+# The servers and clients the tests use too: tests/harness.py, tests/s3clients.py.
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent / "tests"))
+from harness import (
+    MemoryCgroup,
+    Proxy,
+    cpu_seconds,
+    running_seaweedfs,
+    start_proxy,
+    status_kib,
+)
+from s3clients import (
+    HTTPFailure,
+    Keystream,
+    RawClient,
+    RawConnection,
+    complete_multipart_body,
+    completed,
+    parse_upload_id,
+)
 
 KiB = 1024
-CHUNK = MiB  # generator and socket read size
-CLIENT_ACCESS = "floodclient"
-
-
-# --- deterministic data ----------------------------------------------------------------------
-
-_ZEROS = bytes(CHUNK)
+MiB = 1024 * KiB
 
 
 def generated(name: str, size: int, offset: int = 0):
-    """``size`` deterministic bytes for ``name`` from ``offset``, 1 MiB at a time
-    (AES-256-CTR keystream: a multipart object's parts are slices of the same stream)."""
-    key = hashlib.sha256(f"trios3-flood/{name}".encode()).digest()
-    block, skip = divmod(offset, 16)
-    enc = Cipher(algorithms.AES(key), modes.CTR(block.to_bytes(16, "big"))).encryptor()
-    if skip:
-        enc.update(bytes(skip))
-    left = size
-    while left:
-        n = min(CHUNK, left)
-        yield enc.update(_ZEROS[:n])
-        left -= n
+    """``size`` deterministic bytes for ``name`` from ``offset``, 1 MiB at a time (a multipart
+    object's parts are slices of the same stream)."""
+    return Keystream(f"trios3-flood/{name}", offset + size).stream(offset, size)
 
 
 def digest_of(name: str, size: int) -> bytes:
-    h = hashlib.sha256()
-    for chunk in generated(name, size):
-        h.update(chunk)
-    return h.digest()
+    return Keystream(f"trios3-flood/{name}", size).sha256()
 
 
 # --- the memory cgroup -------------------------------------------------------------------------
 
 
-class MemoryCgroup:
-    """A child of this process's cgroup-v1 memory group, with a hard limit (and memsw)."""
-
-    def __init__(self, path: Path) -> None:
-        self.path = path
-
-    @classmethod
-    def create(cls, name: str, limit: int) -> tuple[MemoryCgroup | None, str]:
-        """The group, or None and why not."""
-        try:
-            lines = Path("/proc/self/cgroup").read_text().splitlines()
-        except OSError as exc:
-            return None, f"cannot read /proc/self/cgroup: {exc}"
-        mine = next((ln.split(":", 2)[2] for ln in lines if ln.split(":")[1:2] == ["memory"]), None)
-        if mine is None:
-            return None, "no cgroup-v1 memory controller (cgroup2 has none here)"
-        base = Path("/sys/fs/cgroup/memory") / mine.lstrip("/")
-        if not (base / "memory.limit_in_bytes").exists():
-            return None, f"{base} has no memory.limit_in_bytes"
-        path = base / name
-        try:
-            path.mkdir()
-        except OSError as exc:
-            return None, f"cannot create {path}: {exc} (not root?)"
-        group = cls(path)
-        try:
-            group.write("memory.limit_in_bytes", limit)
-            if (path / "memory.memsw.limit_in_bytes").exists():
-                group.write("memory.memsw.limit_in_bytes", limit)
-        except OSError as exc:
-            group.remove()
-            return None, f"cannot set the limit on {path}: {exc}"
-        return group, ""
-
-    def write(self, name: str, value: int) -> None:
-        (self.path / name).write_text(f"{value}\n")
-
-    def read(self, name: str) -> str | None:
-        try:
-            return (self.path / name).read_text()
-        except OSError:
-            return None
-
-    def number(self, name: str) -> int | None:
-        text = self.read(name)
-        return int(text) if text and text.strip().isdigit() else None
-
-    def stats(self) -> dict:
-        out = {
-            "limit": self.number("memory.limit_in_bytes"),
-            "memsw_limit": self.number("memory.memsw.limit_in_bytes"),
-            "max_usage": self.number("memory.max_usage_in_bytes"),
-            "memsw_max_usage": self.number("memory.memsw.max_usage_in_bytes"),
-            "failcnt": self.number("memory.failcnt"),
-        }
-        for line in (self.read("memory.oom_control") or "").splitlines():
-            name, _, value = line.partition(" ")
-            if name in ("oom_kill", "under_oom"):
-                out[name] = int(value)
-        return out
-
-    def remove(self) -> None:
-        for _ in range(50):
-            try:
-                self.path.rmdir()
-                return
-            except FileNotFoundError:
-                return
-            except OSError:
-                time.sleep(0.1)
-        print(f"warning: could not remove {self.path}", file=sys.stderr)
-
-
 # --- the proxy ---------------------------------------------------------------------------------
-
-
-@dataclass
-class Proxy:
-    process: subprocess.Popen
-    port: int
-    log_path: Path
-    group: MemoryCgroup | None
-    log_file: object
-    died: int | None = None  # return code if it exited by itself
-
-    def status_kib(self, field_name: str) -> int | None:
-        try:
-            with open(f"/proc/{self.process.pid}/status") as f:
-                for line in f:
-                    if line.startswith(field_name + ":"):
-                        return int(line.split()[1])
-        except OSError:
-            return None
-        return None
-
-    def alive(self) -> bool:
-        if self.process.poll() is None:
-            return True
-        if self.died is None:
-            self.died = self.process.returncode
-        return False
-
-
-def start_proxy(weed, secret: str, master: str, log_path: Path, args, group) -> Proxy:
-    port = free_ports(1)[0]
-    env = {
-        **os.environ,
-        "TRIOS3_BACKEND_ACCESS_KEY_ID": weed.access_key,
-        "TRIOS3_BACKEND_SECRET_ACCESS_KEY": weed.secret_key,
-        "TRIOS3_ACCESS_KEY_ID": CLIENT_ACCESS,
-        "TRIOS3_SECRET_ACCESS_KEY": secret,
-        "TRIOS3_MASTER_KEY": master,
-    }
-    command = [
-        sys.executable,
-        "-m",
-        "trios3.cli",
-        "serve",
-        "--listen",
-        f"127.0.0.1:{port}",
-        "--backend",
-        weed.url,
-        "--memory-budget",
-        f"{args.budget_mib}MiB",
-        "--admission-timeout",
-        str(args.admission_timeout),
-    ]
-    if group is not None:
-        # The shell joins the group, then becomes the proxy: nothing is allocated outside it.
-        command = [
-            "sh",
-            "-c",
-            'echo $$ > "$1" && shift && exec "$@"',
-            "sh",
-            str(group.path / "cgroup.procs"),
-            *command,
-        ]
-    log = open(log_path, "wb")  # noqa: SIM115
-    process = subprocess.Popen(command, env=env, stdout=log, stderr=subprocess.STDOUT)
-    conftest._wait_port(port, process, "trios3")
-    proxy = Proxy(process, port, log_path, group, log)
-    if group is not None:
-        cg = Path(f"/proc/{process.pid}/cgroup").read_text()
-        if group.path.name not in cg:
-            raise RuntimeError(f"the proxy is not in {group.path}: {cg}")
-    return proxy
-
 
 SHUTDOWN_GRACE = 15.0
 
 
-def stop_proxy(proxy: Proxy) -> tuple[int | None, float | None]:
-    """Stop it with SIGTERM (SIGKILL after SHUTDOWN_GRACE s) if it is still running.
-
-    Returns (exit code, seconds the SIGTERM took; None if SIGKILL was needed). If it had
-    died by itself, the code it died with and 0.
-    """
-    took: float | None = 0.0
-    if proxy.alive():
-        t0 = time.monotonic()
-        proxy.process.terminate()
-        try:
-            proxy.process.wait(SHUTDOWN_GRACE)
-            took = time.monotonic() - t0
-        except subprocess.TimeoutExpired:
-            proxy.process.kill()
-            proxy.process.wait()
-            took = None
-        code = proxy.process.returncode
-    else:
-        code = proxy.died
-    proxy.log_file.close()
-    return code, took
+def start(weed, master: str, log_path: Path, args, group: MemoryCgroup | None) -> Proxy:
+    """A proxy with the run's budget and admission timeout and its master key (every proxy
+    reads what the set-up stored), in ``group`` if there is one."""
+    options = ["--memory-budget", f"{args.budget_mib}MiB"]
+    options += ["--admission-timeout", str(args.admission_timeout)]
+    return start_proxy(
+        weed,
+        log_path.parent,
+        extra=options,
+        master_key=master,
+        cgroup=None if group is None else group.path,
+        log_path=log_path,
+    )
 
 
-# --- a raw HTTP/1.1 client -----------------------------------------------------------------
-
-
-class HTTPFailure(Exception):
-    pass
-
-
-@dataclass
-class Client:
-    port: int
-    secret: str
-
-    def head_bytes(
-        self,
-        method: str,
-        path: str,
-        length: int | None = None,
-        *,
-        query: Sequence[tuple[str, str]] = (),
-        extra: Sequence[tuple[str, str]] = (),
-    ) -> bytes:
-        """The request head; ``query`` holds decoded pairs, ``extra`` more (signed) headers."""
-        host = f"127.0.0.1:{self.port}"
-        headers = [("host", host), *extra]
-        if length is not None:
-            headers.append(("content-length", str(length)))
-        payload = "UNSIGNED-PAYLOAD" if length is not None else sigv4.EMPTY_SHA256
-        headers += sigv4.sign_request(
-            method,
-            path,
-            list(query),
-            headers,
-            payload,
-            CLIENT_ACCESS,
-            self.secret,
-            "us-east-1",
-            datetime.now(UTC),
-        )
-        headers.append(("connection", "close"))
-        target = path + ("?" + sigv4.canonical_query_string(list(query)) if query else "")
-        lines = [f"{method} {target} HTTP/1.1"] + [f"{n}: {v}" for n, v in headers]
-        return ("\r\n".join(lines) + "\r\n\r\n").encode("latin-1")
-
-    async def connect(self, rcvbuf: int | None = None) -> Conn:
-        sock = trio.socket.socket()
-        if rcvbuf:
-            sock.setsockopt(trio.socket.SOL_SOCKET, trio.socket.SO_RCVBUF, rcvbuf)
-        await sock.connect(("127.0.0.1", self.port))
-        return Conn(trio.SocketStream(sock))
-
-
-class Conn:
-    def __init__(self, stream: trio.SocketStream) -> None:
-        self.stream = stream
-        self.buf = bytearray()
-        self.status: int | None = None
-        self.headers: dict[str, str] = {}
-
-    async def aclose(self) -> None:
-        await self.stream.aclose()
-
-    async def head(self) -> int:
-        while True:
-            end = self.buf.find(b"\r\n\r\n")
-            if end >= 0:
-                break
-            if len(self.buf) > 64 * KiB:
-                raise HTTPFailure("response head too long")
-            data = await self.stream.receive_some(64 * KiB)
-            if not data:
-                raise HTTPFailure("connection closed before the status line")
-            self.buf += data
-        lines = bytes(self.buf[:end]).decode("latin-1").split("\r\n")
-        del self.buf[: end + 4]
-        self.status = int(lines[0].split()[1])
-        for line in lines[1:]:
-            name, _, value = line.partition(":")
-            self.headers[name.strip().lower()] = value.strip()
-        return self.status
-
-    async def body(
-        self, sink=None, *, stop_after: int | None = None, rate: float = 0, slow_for: float = 0
-    ) -> int:
-        """Read the body into ``sink``; stop after ``stop_after`` bytes; throttle to ``rate``
-        bytes/s for the first ``slow_for`` seconds. Returns the bytes read."""
-        length = self.headers.get("content-length")
-        want = int(length) if length is not None else None
-        got = 0
-        started = time.monotonic()
-
-        def take(data) -> None:
-            nonlocal got
-            if sink is not None:
-                sink(data)
-            got += len(data)
-
-        if self.buf:
-            piece = bytes(self.buf[: want if want is not None else len(self.buf)])
-            self.buf.clear()
-            take(piece)
-        while want is None or got < want:
-            if stop_after is not None and got >= stop_after:
-                return got
-            slow = rate and time.monotonic() - started < slow_for
-            size = 64 * KiB if slow else CHUNK
-            if want is not None:
-                size = min(size, want - got)
-            data = await self.stream.receive_some(size)
-            if not data:
-                if want is None:
-                    return got
-                raise HTTPFailure(f"connection closed after {got} of {want} body bytes")
-            take(data)
-            if slow:
-                ahead = got / rate - (time.monotonic() - started)
-                if ahead > 0:
-                    await trio.sleep(min(ahead, slow_for))
-        return got
+def alive(proxy: Proxy) -> bool:
+    return proxy.process.poll() is None
 
 
 # --- requests --------------------------------------------------------------------------------
@@ -457,7 +182,7 @@ class Settings:
     part_size: int = 0  # UploadPart bodies of the loads
 
 
-def _retry_after(conn: Conn) -> float:
+def _retry_after(conn: RawConnection) -> float:
     try:
         return max(0.0, float(conn.headers.get("retry-after", "1")))
     except ValueError:
@@ -465,7 +190,7 @@ def _retry_after(conn: Conn) -> float:
 
 
 async def get_request(
-    client: Client, s: Settings, key: str, digest: bytes, kind: str, rng: random.Random
+    client: RawClient, s: Settings, key: str, digest: bytes, kind: str, rng: random.Random
 ) -> Outcome:
     out = Outcome("GET", kind, "error")
     path = f"/{s.bucket}/{key}"
@@ -530,7 +255,7 @@ async def get_request(
 
 
 async def put_request(
-    client: Client,
+    client: RawClient,
     s: Settings,
     key: str,
     rng: random.Random,
@@ -596,7 +321,7 @@ async def put_request(
 
 
 async def part_request(
-    client: Client, s: Settings, upload: Upload, number: int, rng: random.Random
+    client: RawClient, s: Settings, upload: Upload, number: int, rng: random.Random
 ) -> Outcome:
     """One UploadPart of ``s.part_size`` bytes into ``upload``; a stored part is recorded."""
     out = await put_request(
@@ -614,83 +339,41 @@ async def part_request(
     return out
 
 
-# --- small requests and the multipart calls around the loads ---------------------------------
+# --- the multipart calls around the loads ---------------------------------------------------
 
 
-SMALL_REQUEST_TIMEOUT = 120.0
-
-
-def _dechunk(data: bytes) -> bytes:
-    out = bytearray()
-    while data:
-        line, _, data = data.partition(b"\r\n")
-        size = int(line.split(b";")[0], 16)
-        if size == 0:
-            break
-        out += data[:size]
-        data = data[size + 2 :]
-    return bytes(out)
-
-
-async def simple_request(
-    client: Client,
-    method: str,
-    path: str,
-    *,
-    query: Sequence[tuple[str, str]] = (),
-    body: bytes | None = None,
-    extra: Sequence[tuple[str, str]] = (),
-) -> tuple[int, dict[str, str], bytes]:
-    """One request with a small (or no) body; (status, headers, whole response body)."""
-    with trio.fail_after(SMALL_REQUEST_TIMEOUT):
-        conn = await client.connect()
-        try:
-            length = None if body is None else len(body)
-            head = client.head_bytes(method, path, length, query=query, extra=extra)
-            await conn.stream.send_all(head + (body or b""))
-            status = await conn.head()
-            data = bytearray()
-            if method != "HEAD":
-                await conn.body(data.extend)
-        finally:
-            await conn.aclose()
-    text = bytes(data)
-    if "chunked" in conn.headers.get("transfer-encoding", ""):
-        text = _dechunk(text)
-    return status, conn.headers, text
+SMALL_REQUEST_TIMEOUT = 120.0  # each of them
 
 
 class MultipartFailure(Exception):
     pass
 
 
-async def create_upload(client: Client, bucket: str, key: str) -> Upload:
-    status, _, text = await simple_request(
-        client, "POST", f"/{bucket}/{key}", query=[("uploads", "")], body=b""
-    )
-    found = re.search(rb"<UploadId>([^<]+)</UploadId>", text)
+async def create_upload(client: RawClient, bucket: str, key: str) -> Upload:
+    with trio.fail_after(SMALL_REQUEST_TIMEOUT):
+        status, _, text = await client.request(
+            "POST", f"/{bucket}/{key}", query=[("uploads", "")], body=b""
+        )
+    found = parse_upload_id(text)
     if status != 200 or not found:
         raise MultipartFailure(f"CreateMultipartUpload {key}: {status} {text[:300]!r}")
-    return Upload(key, found.group(1).decode())
+    return Upload(key, found)
 
 
-async def complete_upload(client: Client, bucket: str, upload: Upload) -> None:
+async def complete_upload(client: RawClient, bucket: str, upload: Upload) -> None:
     """CompleteMultipartUpload with every stored part (an AbortMultipartUpload if none was)."""
     path = f"/{bucket}/{upload.key}"
     query = [("uploadId", upload.upload_id)]
     if not upload.etags:
-        status, _, text = await simple_request(client, "DELETE", path, query=query)
+        with trio.fail_after(SMALL_REQUEST_TIMEOUT):
+            status, _, text = await client.request("DELETE", path, query=query)
         if status != 204:
             raise MultipartFailure(f"AbortMultipartUpload {upload.key}: {status} {text[:300]!r}")
         return
-    xml = "<CompleteMultipartUpload>"
-    for number in sorted(upload.etags):
-        etag = upload.etags[number].replace("&", "&amp;").replace("<", "&lt;")
-        xml += f"<Part><PartNumber>{number}</PartNumber><ETag>{etag}</ETag></Part>"
-    xml += "</CompleteMultipartUpload>"
-    status, _, text = await simple_request(client, "POST", path, query=query, body=xml.encode())
-    # As on AWS, the failure of a CompleteMultipartUpload may come after a 200 status line.
-    if status != 200 or b"<Error>" in text or b"<CompleteMultipartUploadResult" not in text:
+    body = complete_multipart_body(upload.etags)
+    with trio.fail_after(SMALL_REQUEST_TIMEOUT):
+        status, _, text = await client.request("POST", path, query=query, body=body)
+    if status != 200 or not completed(text):
         raise MultipartFailure(
             f"CompleteMultipartUpload {upload.key} ({len(upload.etags)} parts): "
             f"{status} {text[:300]!r}"
@@ -698,7 +381,7 @@ async def complete_upload(client: Client, bucket: str, upload: Upload) -> None:
 
 
 async def upload_multipart_object(
-    client: Client, s: Settings, key: str, size: int, part_size: int
+    client: RawClient, s: Settings, key: str, size: int, part_size: int
 ) -> None:
     """``generated(key, size)`` as a multipart object: its parts are slices of that stream."""
     upload = await create_upload(client, s.bucket, key)
@@ -815,7 +498,7 @@ class Report:
 
 
 async def run_load(
-    client: Client,
+    client: RawClient,
     s: Settings,
     sc: Scenario,
     ctx: dict,
@@ -856,7 +539,7 @@ async def run_load(
 
     async def watchdog(cancel_scope: trio.CancelScope) -> None:
         while True:
-            if not proxy.alive():
+            if not alive(proxy):
                 await trio.sleep(1)  # let the clients see it
                 cancel_scope.cancel()
                 return
@@ -874,7 +557,7 @@ async def run_load(
     for index, slot in enumerate(slots):
         if slot is None:
             op, _, _, kind, target = jobs[index]
-            detail = "proxy gone" if proxy.died is not None else "scenario deadline"
+            detail = "proxy gone" if not alive(proxy) else "scenario deadline"
             slot = Outcome(op, kind, "timeout", detail=detail, target=target)
             if deadline.cancelled_caught:
                 report.timed_out += 1
@@ -886,10 +569,10 @@ async def run_load(
     ]
 
 
-async def budget_probe(client: Client, s: Settings, key: str, count: int, wait: float) -> int:
+async def budget_probe(client: RawClient, s: Settings, key: str, count: int, wait: float) -> int:
     """Open ``count`` GETs at once, read nothing, and count the ones admitted within ``wait``."""
     admitted = 0
-    conns: list[Conn] = []
+    conns: list[RawConnection] = []
     try:
         async with trio.open_nursery() as nursery:
 
@@ -932,7 +615,9 @@ def read_back_sample(report: Report, s: Settings, count: int) -> list[Sample]:
     return items
 
 
-async def verify_sample(client: Client, s: Settings, items: list[Sample], report: Report) -> None:
+async def verify_sample(
+    client: RawClient, s: Settings, items: list[Sample], report: Report
+) -> None:
     """GET each item (a part: by Range of its completed object) and compare its SHA-256."""
     sem = trio.Semaphore(8)
 
@@ -1031,9 +716,9 @@ async def run_scenario(sc: Scenario, weed, ctx: dict, args, s: Settings) -> Repo
             print(f"  [{sc.name}] no memory cgroup: {why}")
     log_path = ctx["log_dir"] / f"proxy-{sc.name}.log"
     log_start, log_end = 0, None
-    proxy = start_proxy(weed, ctx["secret"], ctx["master"], log_path, args, group)
+    proxy = start(weed, ctx["master"], log_path, args, group)
     try:
-        client = Client(proxy.port, ctx["secret"])
+        client = RawClient(proxy.endpoint)
         # One authenticated request so that "start" includes the first request's imports.
         conn = await client.connect()
         await conn.stream.send_all(client.head_bytes("HEAD", f"/{s.bucket}/{ctx['objects'][0][0]}"))
@@ -1045,21 +730,21 @@ async def run_scenario(sc: Scenario, weed, ctx: dict, args, s: Settings) -> Repo
             except (MultipartFailure, OSError, HTTPFailure, trio.TooSlowError) as exc:
                 report.multipart_errors.append(f"{type(exc).__name__}: {exc}")
         await trio.sleep(0.2)
-        report.rss_start_kib = proxy.status_kib("VmHWM")
+        report.rss_start_kib = status_kib(proxy.process.pid, "VmHWM")
         log_start = log_path.stat().st_size
         cpu0, client0 = cpu_seconds(proxy.process.pid), time.process_time()
         await run_load(client, s, sc, ctx, args, proxy, report)
-        report.hwm_kib = proxy.status_kib("VmHWM")
-        report.rss_end_kib = proxy.status_kib("VmRSS")
+        report.hwm_kib = status_kib(proxy.process.pid, "VmHWM")
+        report.rss_end_kib = status_kib(proxy.process.pid, "VmRSS")
         report.client_cpu = time.process_time() - client0
-        if proxy.alive():
+        if alive(proxy):
             report.proxy_cpu = cpu_seconds(proxy.process.pid) - cpu0
         if group is not None:
             report.cgroup = group.stats()
         await trio.sleep(1)  # let the proxy finish logging the last disconnects
         log_end = log_path.stat().st_size
-        if proxy.alive():
-            expected = args.budget_mib * MiB // stream_window(fmt.DEFAULT_SEGMENT_SIZE)
+        if alive(proxy):
+            expected = args.budget_mib * MiB // lease_bytes(fmt.DEFAULT_SEGMENT_SIZE)
             got = await budget_probe(client, s, ctx["objects"][0][0], expected, args.probe_wait)
             report.probe = (got, expected)
             for upload in report.uploads:
@@ -1072,8 +757,9 @@ async def run_scenario(sc: Scenario, weed, ctx: dict, args, s: Settings) -> Repo
             sample = read_back_sample(report, s, args.verify_sample)
             await verify_sample(client, s, sample, report)
     finally:
-        report.exit_code, report.shutdown_s = stop_proxy(proxy)
-        report.died = proxy.died
+        report.died = proxy.process.poll()  # it exited by itself
+        report.shutdown_s = proxy.stop(SHUTDOWN_GRACE)
+        report.exit_code = proxy.process.returncode
         if group is not None:
             stats = group.stats()
             report.cgroup = {**(report.cgroup or stats), "oom_kill": stats.get("oom_kill", 0)}
@@ -1376,14 +1062,13 @@ def main() -> int:
         print("NOTE: running WITHOUT a memory cap (--no-cgroup)")
     if not multipart:
         print("--no-multipart: single-PUT objects and PutObjects only")
-    per_request = stream_window(fmt.DEFAULT_SEGMENT_SIZE)
+    per_request = lease_bytes(fmt.DEFAULT_SEGMENT_SIZE)
     print(
         f"budget {args.budget_mib} MiB, {per_request // KiB} KiB leased per GET/PUT -> "
         f"{args.budget_mib * MiB // per_request} admitted at once; admission timeout "
         f"{args.admission_timeout:g} s; 503s retried up to {args.retries} times"
     )
 
-    secret = "floodsecret-" + uuid.uuid4().hex
     master = base64.b64encode(MasterKey.generate()).decode()
     s = Settings(
         bucket="flood-" + uuid.uuid4().hex[:8],
@@ -1397,7 +1082,7 @@ def main() -> int:
     reports: list[Report] = []
     with (
         tempfile.TemporaryDirectory(prefix="trios3-flood-") as tmp,
-        running_seaweedfs(Path(tmp)) as (weed, _),
+        running_seaweedfs(Path(tmp) / "seaweedfs") as weed,
     ):
         objects = [
             (f"object-{i}", digest_of(f"object-{i}", s.object_size)) for i in range(args.objects)
@@ -1408,25 +1093,24 @@ def main() -> int:
         ]
         ctx = {
             "cgroup": use_cgroup,
-            "secret": secret,
             "master": master,
             "objects": objects,
             "mp_objects": mp_objects,
             "log_dir": log_dir,
         }
         # Set-up through a proxy of its own, so that every scenario's proxy starts fresh.
-        setup = start_proxy(weed, secret, master, log_dir / "proxy-setup.log", args, None)
+        setup = start(weed, master, log_dir / "proxy-setup.log", args, None)
         try:
             trio.run(
                 upload_objects,
-                Client(setup.port, secret),
+                RawClient(setup.endpoint),
                 s,
                 objects,
                 mp_objects,
                 args.mp_part_mib * MiB,
             )
         finally:
-            stop_proxy(setup)
+            setup.stop(SHUTDOWN_GRACE)
         print(f"uploaded {len(objects)} objects of {args.object_mib} MiB through the proxy")
         if mp_objects:
             print(
@@ -1475,7 +1159,7 @@ def main() -> int:
 
 
 async def upload_objects(
-    client: Client,
+    client: RawClient,
     s: Settings,
     objects: list[tuple[str, bytes]],
     mp_objects: list[tuple[str, bytes]],

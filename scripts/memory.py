@@ -22,9 +22,13 @@ import time
 import uuid
 from pathlib import Path
 
-from bench import S3, MiB, running_proxy, running_seaweedfs, vm_hwm_kib
+# The servers and clients the tests use too: tests/harness.py, tests/s3clients.py.
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent / "tests"))
+from harness import running_proxy, running_seaweedfs, vm_hwm_kib
+from s3clients import S3
 
 KiB = 1024
+MiB = 1024 * KiB
 CHUNK = MiB
 
 
@@ -39,8 +43,9 @@ def generated(size: int, digest):
 
 
 def measure(weed, directory: Path, size: int) -> dict[str, float]:
-    with running_proxy(weed, directory) as (proxy, process):
-        s3 = S3(proxy)
+    with running_proxy(weed, directory) as proxy:
+        process = proxy.process
+        s3 = S3(proxy.endpoint)
         bucket = "mem-" + uuid.uuid4().hex[:8]
         s3.create_bucket(bucket)
         s3.put(bucket, "warm-up", b"x")
@@ -73,7 +78,7 @@ def main() -> int:
     rows = []
     with tempfile.TemporaryDirectory(prefix="trios3-memory-") as tmp:
         tmp_path = Path(tmp)
-        with running_seaweedfs(tmp_path) as (weed, _):
+        with running_seaweedfs(tmp_path / "seaweedfs") as weed:
             for mib in args.sizes_mib:
                 row = measure(weed, tmp_path / f"proxy-{mib}", mib * MiB)
                 rows.append((mib, row))

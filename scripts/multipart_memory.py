@@ -2,7 +2,7 @@
 
 Run: .venv/bin/python scripts/multipart_memory.py [--size-mib 2048] [--part-mib 8] [--parallel 4]
 
-Starts a SeaweedFS and one fresh ``trios3 serve`` (the helpers of bench.py) and reads the
+Starts a SeaweedFS and one fresh ``trios3 serve`` (the tests' harness) and reads the
 proxy's VmHWM (/proc/<pid>/status) after each step:
 
   1. start-up and one tiny PUT + GET;
@@ -23,8 +23,8 @@ is shown. A proxy that streams multipart uploads should stay flat between the sm
 the 2 GiB one. (The kernel's RSS counters are batched per CPU, so VmHWM readings wobble by a
 few hundred KiB.)
 
-bench.py's S3 client signs no query string; MultipartS3 below adds that (and extra headers) in
-this script, bench.py is unchanged.
+The client is tests/s3clients.py's S3 (the benchmarks' httpx client) with the multipart calls
+added below.
 """
 
 from __future__ import annotations
@@ -35,128 +35,49 @@ import html
 import os
 import re
 import sys
-import tempfile
 import time
 import uuid
-from collections.abc import Iterable, Iterator, Sequence
 from concurrent.futures import ThreadPoolExecutor
-from datetime import UTC, datetime
 from pathlib import Path
-from xml.sax.saxutils import escape
 
 import httpx
-from bench import S3, GiB, MiB, running_proxy, running_seaweedfs, sigv4, vm_hwm_kib
-from cryptography.hazmat.primitives.ciphers import Cipher, algorithms, modes
+
+# The servers and clients the tests use too: tests/harness.py, tests/s3clients.py.
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent / "tests"))
+from harness import running_servers, vm_hwm_kib
+from s3clients import S3, Keystream, S3Failure, complete_multipart_body, completed, parse_upload_id
 
 KiB = 1024
-CHUNK = MiB
-_ZEROS = bytes(CHUNK)
+MiB = 1024 * KiB
+GiB = 1024 * MiB
 
 
-# --- deterministic, addressable object bytes -------------------------------------------------
+def object_bytes(name: str, size: int) -> Keystream:
+    """An object's bytes: addressable, so any part or range is generated on its own."""
+    return Keystream(f"trios3-multipart-memory/{name}", size)
 
 
-class Data:
-    """An object's bytes: the AES-256-CTR keystream of a per-object key, from any offset."""
-
-    def __init__(self, name: str, size: int) -> None:
-        self.key = hashlib.sha256(f"trios3-multipart-memory/{name}".encode()).digest()
-        self.size = size
-
-    def stream(self, offset: int, length: int) -> Iterator[bytes]:
-        """``length`` bytes from ``offset``, at most 1 MiB at a time."""
-        block, skip = divmod(offset, 16)
-        enc = Cipher(algorithms.AES(self.key), modes.CTR(block.to_bytes(16, "big"))).encryptor()
-        if skip:
-            enc.update(bytes(skip))
-        left = length
-        while left:
-            n = min(CHUNK, left)
-            yield enc.update(_ZEROS[:n])
-            left -= n
-
-    def read(self, offset: int, length: int) -> bytes:
-        return b"".join(self.stream(offset, length))
-
-    def sha256(self) -> bytes:
-        h = hashlib.sha256()
-        for chunk in self.stream(0, self.size):
-            h.update(chunk)
-        return h.digest()
-
-
-# --- a client that signs query strings -------------------------------------------------------
-
-
-class S3Failure(RuntimeError):
-    pass
+# --- the multipart calls ---------------------------------------------------------------------
 
 
 class MultipartS3(S3):
-    """bench.S3 plus signed query parameters and headers: enough for multipart uploads."""
-
-    def request(
-        self,
-        method: str,
-        bucket: str,
-        key: str | None = None,
-        *,
-        query: Sequence[tuple[str, str]] = (),
-        headers: Sequence[tuple[str, str]] = (),
-        content: bytes | Iterable[bytes] | None = None,
-        length: int | None = None,
-    ) -> httpx.Request:
-        path = "/" + sigv4.uri_encode(bucket)
-        if key is not None:
-            path += "/" + sigv4.uri_encode(key, encode_slash=False)
-        all_headers = [("host", self.host), *((n.lower(), v) for n, v in headers)]
-        if content is not None:
-            size = len(content) if isinstance(content, bytes) else length
-            all_headers.append(("content-length", str(size)))
-        payload = "UNSIGNED-PAYLOAD" if content is not None else sigv4.EMPTY_SHA256
-        all_headers += sigv4.sign_request(
-            method,
-            path,
-            list(query),
-            all_headers,
-            payload,
-            self.endpoint.access_key,
-            self.endpoint.secret_key,
-            "us-east-1",
-            datetime.now(UTC),
-        )
-        raw = path
-        if query:
-            raw += "?" + sigv4.canonical_query_string(list(query))
-        url = self.url.copy_with(raw_path=raw.encode("ascii"))
-        return self.client.build_request(
-            method,
-            url,
-            headers=[(n, v) for n, v in all_headers if n != "host"],
-            content=content,
-        )
-
-    def call(self, what: str, request: httpx.Request, expect: Sequence[int] = (200,)):
-        response = self.client.send(request)
-        if response.status_code not in expect:
-            raise S3Failure(f"{what}: {response.status_code} {response.text[:500]}")
-        return response
+    """tests/s3clients.py's S3 plus the multipart calls this script makes."""
 
     def create_multipart(self, bucket: str, key: str) -> str:
         response = self.call(
             "CreateMultipartUpload",
-            self.request("POST", bucket, key, query=[("uploads", "")], content=b""),
+            self.build("POST", bucket, key, query=[("uploads", "")], content=b""),
         )
-        found = re.search(r"<UploadId>([^<]+)</UploadId>", response.text)
+        found = parse_upload_id(response.content)
         if not found:
             raise S3Failure(f"CreateMultipartUpload: no UploadId in {response.text[:500]}")
-        return found.group(1)
+        return found
 
     def upload_part(
         self, bucket: str, key: str, upload_id: str, number: int, content, length: int
     ) -> str:
         query = [("partNumber", str(number)), ("uploadId", upload_id)]
-        request = self.request("PUT", bucket, key, query=query, content=content, length=length)
+        request = self.build("PUT", bucket, key, query=query, content=content, length=length)
         response = self.call(f"UploadPart {number}", request)
         etag = response.headers.get("etag")
         if not etag:
@@ -171,7 +92,7 @@ class MultipartS3(S3):
             query = [("uploadId", upload_id)]
             if marker is not None:
                 query.append(("part-number-marker", marker))
-            text = self.call("ListParts", self.request("GET", bucket, key, query=query)).text
+            text = self.call("ListParts", self.build("GET", bucket, key, query=query)).text
             for block in re.findall(r"<Part>(.*?)</Part>", text, re.S):
                 number = int(re.search(r"<PartNumber>(\d+)</PartNumber>", block).group(1))
                 size = int(re.search(r"<Size>(\d+)</Size>", block).group(1))
@@ -184,16 +105,11 @@ class MultipartS3(S3):
             marker = found.group(1)
 
     def complete(self, bucket: str, key: str, upload_id: str, etags: dict[int, str]) -> str:
-        body = "<CompleteMultipartUpload>"
-        for number in sorted(etags):
-            body += f"<Part><PartNumber>{number}</PartNumber><ETag>{escape(etags[number])}</ETag></Part>"
-        body += "</CompleteMultipartUpload>"
-        request = self.request(
-            "POST", bucket, key, query=[("uploadId", upload_id)], content=body.encode()
-        )
-        text = self.call("CompleteMultipartUpload", request).text
-        # As on AWS, a CompleteMultipartUpload may fail after its 200 status line.
-        if "<Error>" in text or "<CompleteMultipartUploadResult" not in text:
+        body = complete_multipart_body(etags)
+        request = self.build("POST", bucket, key, query=[("uploadId", upload_id)], content=body)
+        response = self.call("CompleteMultipartUpload", request)
+        text = response.text
+        if not completed(response.content):
             raise S3Failure(f"CompleteMultipartUpload: {text[:500]}")
         found = re.search(r"<ETag>([^<]+)</ETag>", text)
         return html.unescape(found.group(1)) if found else "?"
@@ -201,38 +117,24 @@ class MultipartS3(S3):
     def abort(self, bucket: str, key: str, upload_id: str) -> None:
         self.call(
             "AbortMultipartUpload",
-            self.request("DELETE", bucket, key, query=[("uploadId", upload_id)]),
+            self.build("DELETE", bucket, key, query=[("uploadId", upload_id)]),
             expect=(204, 200, 404),
         )
 
     def head(self, bucket: str, key: str) -> httpx.Headers:
-        return self.call("HEAD", self.request("HEAD", bucket, key)).headers
-
-    def get_stream(self, bucket: str, key: str, sink) -> int:
-        response = self.client.send(self.request("GET", bucket, key), stream=True)
-        try:
-            if response.status_code != 200:
-                response.read()
-                raise S3Failure(f"GET {key}: {response.status_code} {response.text[:500]}")
-            size = 0
-            for chunk in response.iter_raw():
-                size += len(chunk)
-                sink(chunk)
-            return size
-        finally:
-            response.close()
+        return self.call("HEAD", self.build("HEAD", bucket, key)).headers
 
     def get_range(self, bucket: str, key: str, spec: str) -> httpx.Response:
         return self.call(
             f"GET Range {spec}",
-            self.request("GET", bucket, key, headers=[("range", f"bytes={spec}")]),
+            self.build("GET", bucket, key, headers=[("range", f"bytes={spec}")]),
             expect=(206,),
         )
 
     def get_part(self, bucket: str, key: str, number: int) -> httpx.Response:
         return self.call(
             f"GET partNumber={number}",
-            self.request("GET", bucket, key, query=[("partNumber", str(number))]),
+            self.build("GET", bucket, key, query=[("partNumber", str(number))]),
             expect=(200, 206),
         )
 
@@ -241,7 +143,7 @@ class MultipartS3(S3):
 
 
 def multipart_upload(
-    s3: MultipartS3, bucket: str, key: str, data: Data, part_size: int, parallel: int
+    s3: MultipartS3, bucket: str, key: str, data: Keystream, part_size: int, parallel: int
 ) -> dict:
     """Upload ``data`` in parts (``parallel`` at a time), list them, complete; return facts."""
     count = -(-data.size // part_size)
@@ -278,7 +180,7 @@ def multipart_upload(
     }
 
 
-def check_range(s3: MultipartS3, bucket: str, key: str, data: Data, spec: str) -> str:
+def check_range(s3: MultipartS3, bucket: str, key: str, data: Keystream, spec: str) -> str:
     """GET ``bytes=<spec>``; check the status, Content-Range and every byte."""
     first, _, last = spec.partition("-")
     if first == "":
@@ -298,7 +200,7 @@ def check_range(s3: MultipartS3, bucket: str, key: str, data: Data, spec: str) -
 
 
 def check_part(
-    s3: MultipartS3, bucket: str, key: str, data: Data, part_size: int, number: int, count: int
+    s3: MultipartS3, bucket: str, key: str, data: Keystream, part_size: int, number: int, count: int
 ) -> str:
     """GET ``?partNumber=<number>``; check the part's bytes and the parts count."""
     response = s3.get_part(bucket, key, number)
@@ -335,116 +237,110 @@ def main() -> int:
     args = parser.parse_args()
     part_size = args.part_mib * MiB
     small_parts = args.small_parts or max(2, args.parallel)
-    big = Data("big", args.size_mib * MiB)
-    small = Data("small", small_parts * part_size)
+    big = object_bytes("big", args.size_mib * MiB)
+    small = object_bytes("small", small_parts * part_size)
     big_parts = -(-big.size // part_size)
 
     rows: list[tuple[str, float | None, int | None, int]] = []  # label, seconds, bytes, HWM
     notes: list[str] = []
     started = time.perf_counter()
-    with tempfile.TemporaryDirectory(prefix="trios3-mp-memory-") as tmp:
-        tmp_path = Path(tmp)
-        with (
-            running_seaweedfs(tmp_path) as (weed, _),
-            running_proxy(weed, tmp_path / "proxy") as (proxy, process),
-        ):
-            print(f"SeaweedFS {weed.url}, trios3 {proxy.url} (pid {process.pid})")
-            s3 = MultipartS3(weed if args.direct else proxy)
-            if args.direct:
-                print("--direct: requests go to SeaweedFS, the VmHWM figures are an idle proxy's")
-            bucket = "mpmem-" + uuid.uuid4().hex[:8]
-            s3.create_bucket(bucket)
-            s3.put(bucket, "warm-up", b"x")
-            if s3.get(bucket, "warm-up") != b"x":
-                raise SystemExit("warm-up object came back different")
-            time.sleep(0.2)
-            rows.append(("start-up + tiny PUT/GET", None, None, vm_hwm_kib(process.pid)))
+    with running_servers("trios3-mp-memory-") as (weed, served):
+        proxy, process = served.endpoint, served.process
+        print(f"SeaweedFS {weed.url}, trios3 {proxy.url} (pid {process.pid})")
+        s3 = MultipartS3(weed if args.direct else proxy)
+        if args.direct:
+            print("--direct: requests go to SeaweedFS, the VmHWM figures are an idle proxy's")
+        bucket = "mpmem-" + uuid.uuid4().hex[:8]
+        s3.create_bucket(bucket)
+        s3.put(bucket, "warm-up", b"x")
+        if s3.get(bucket, "warm-up") != b"x":
+            raise SystemExit("warm-up object came back different")
+        time.sleep(0.2)
+        rows.append(("start-up + tiny PUT/GET", None, None, vm_hwm_kib(process.pid)))
 
-            def step(label: str, size: int | None, fn):
-                t0 = time.perf_counter()
-                result = fn()
-                seconds = time.perf_counter() - t0
-                rows.append((label, seconds, size, vm_hwm_kib(process.pid)))
-                print(f"{label}: {seconds:.1f} s", flush=True)
-                return result
-
-            par = f"{args.parallel} at a time"
-            small_facts = step(
-                f"small multipart ({small_parts} x {args.part_mib} MiB, {par})",
-                small.size,
-                lambda: multipart_upload(s3, bucket, "small", small, part_size, args.parallel),
-            )
-            big_facts = step(
-                f"{args.size_mib} MiB multipart ({big_parts} x {args.part_mib} MiB, {par})",
-                big.size,
-                lambda: multipart_upload(s3, bucket, "big", big, part_size, args.parallel),
-            )
-            for name, facts in (("small", small_facts), (f"{args.size_mib} MiB", big_facts)):
-                notes.append(
-                    f"{name}: {facts['parts']} parts; ListParts listed {facts['listed']} "
-                    f"(numbers {'ok' if facts['listed_numbers_ok'] else 'WRONG'}, sizes "
-                    f"{'= plaintext part sizes' if facts['listed_sizes_ok'] else 'DIFFER: ' + str(facts['listed_sizes'])}); "
-                    f"ETag {facts['etag']}"
-                )
-            head = s3.head(bucket, "big")
-            notes.append(
-                f"HEAD {args.size_mib} MiB: Content-Length {head.get('content-length')}, "
-                f"ETag {head.get('etag')}"
-            )
-            if head.get("content-length") != str(big.size):
-                raise SystemExit(f"HEAD says {head.get('content-length')} bytes, not {big.size}")
-
+        def step(label: str, size: int | None, fn):
             t0 = time.perf_counter()
-            sent = big.sha256()
+            result = fn()
+            seconds = time.perf_counter() - t0
+            rows.append((label, seconds, size, vm_hwm_kib(process.pid)))
+            print(f"{label}: {seconds:.1f} s", flush=True)
+            return result
+
+        par = f"{args.parallel} at a time"
+        small_facts = step(
+            f"small multipart ({small_parts} x {args.part_mib} MiB, {par})",
+            small.size,
+            lambda: multipart_upload(s3, bucket, "small", small, part_size, args.parallel),
+        )
+        big_facts = step(
+            f"{args.size_mib} MiB multipart ({big_parts} x {args.part_mib} MiB, {par})",
+            big.size,
+            lambda: multipart_upload(s3, bucket, "big", big, part_size, args.parallel),
+        )
+        for name, facts in (("small", small_facts), (f"{args.size_mib} MiB", big_facts)):
             notes.append(
-                f"upload SHA-256 (generator, object order, {time.perf_counter() - t0:.1f} s): "
-                f"{sent.hex()}"
+                f"{name}: {facts['parts']} parts; ListParts listed {facts['listed']} "
+                f"(numbers {'ok' if facts['listed_numbers_ok'] else 'WRONG'}, sizes "
+                f"{'= plaintext part sizes' if facts['listed_sizes_ok'] else 'DIFFER: ' + str(facts['listed_sizes'])}); "
+                f"ETag {facts['etag']}"
             )
-            got = hashlib.sha256()
-            count = step(
-                f"GET {args.size_mib} MiB, streamed into SHA-256",
-                big.size,
-                lambda: s3.get_stream(bucket, "big", got.update),
-            )
-            if count != big.size or got.digest() != sent:
-                raise SystemExit(
-                    f"GET of the {args.size_mib} MiB object came back different: {count} bytes, "
-                    f"sha256 {got.hexdigest()}"
-                )
-            notes.append(f"GET SHA-256 matches the upload's ({count} bytes)")
+        head = s3.head(bucket, "big")
+        notes.append(
+            f"HEAD {args.size_mib} MiB: Content-Length {head.get('content-length')}, "
+            f"ETag {head.get('etag')}"
+        )
+        if head.get("content-length") != str(big.size):
+            raise SystemExit(f"HEAD says {head.get('content-length')} bytes, not {big.size}")
 
-            p, mid = part_size, big_parts // 2
-            specs = [
-                "0-0",
-                f"{p - 100}-{p + 99}",  # across the first boundary
-                f"{p - 1}-{2 * p}",  # the whole second part and a byte either side
-                f"{mid * p - 1}-{mid * p}",  # the two bytes either side of a middle boundary
-                f"{(big_parts - 1) * p - 5}-",  # the last boundary to the end
-                "-1000",  # the last 1000 bytes
-            ]
-            numbers = sorted({1, mid, big_parts})
-
-            def ranged() -> list[str]:
-                out = [check_range(s3, bucket, "big", big, spec) for spec in specs]
-                out += [
-                    check_part(s3, bucket, "big", big, part_size, n, big_parts) for n in numbers
-                ]
-                return out
-
-            notes += step(
-                f"{len(specs)} ranged GETs + {len(numbers)} partNumber GETs",
-                None,
-                ranged,
+        t0 = time.perf_counter()
+        sent = big.sha256()
+        notes.append(
+            f"upload SHA-256 (generator, object order, {time.perf_counter() - t0:.1f} s): "
+            f"{sent.hex()}"
+        )
+        got = hashlib.sha256()
+        count = step(
+            f"GET {args.size_mib} MiB, streamed into SHA-256",
+            big.size,
+            lambda: s3.get_into(bucket, "big", got.update),
+        )
+        if count != big.size or got.digest() != sent:
+            raise SystemExit(
+                f"GET of the {args.size_mib} MiB object came back different: {count} bytes, "
+                f"sha256 {got.hexdigest()}"
             )
-            small_sha = hashlib.sha256()
-            step(
-                f"GET small ({small.size // MiB} MiB), checked",
-                small.size,
-                lambda: s3.get_stream(bucket, "small", small_sha.update),
-            )
-            if small_sha.digest() != small.sha256():
-                raise SystemExit("the small multipart object came back different")
-            s3.close()
+        notes.append(f"GET SHA-256 matches the upload's ({count} bytes)")
+
+        p, mid = part_size, big_parts // 2
+        specs = [
+            "0-0",
+            f"{p - 100}-{p + 99}",  # across the first boundary
+            f"{p - 1}-{2 * p}",  # the whole second part and a byte either side
+            f"{mid * p - 1}-{mid * p}",  # the two bytes either side of a middle boundary
+            f"{(big_parts - 1) * p - 5}-",  # the last boundary to the end
+            "-1000",  # the last 1000 bytes
+        ]
+        numbers = sorted({1, mid, big_parts})
+
+        def ranged() -> list[str]:
+            out = [check_range(s3, bucket, "big", big, spec) for spec in specs]
+            out += [check_part(s3, bucket, "big", big, part_size, n, big_parts) for n in numbers]
+            return out
+
+        notes += step(
+            f"{len(specs)} ranged GETs + {len(numbers)} partNumber GETs",
+            None,
+            ranged,
+        )
+        small_sha = hashlib.sha256()
+        step(
+            f"GET small ({small.size // MiB} MiB), checked",
+            small.size,
+            lambda: s3.get_into(bucket, "small", small_sha.update),
+        )
+        if small_sha.digest() != small.sha256():
+            raise SystemExit("the small multipart object came back different")
+        s3.close()
 
     print(f"\ntrios3 VmHWM through one proxy process (MiB), {args.part_mib} MiB parts\n")
     head_line = f"{'step':<46}{'seconds':>9}{'MiB/s':>8}{'VmHWM':>8}"

@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import argparse
 import base64
+import dataclasses
 import os
 import stat
 import subprocess
@@ -11,8 +13,19 @@ import sys
 import pytest
 
 from trios3.cli import _parser
-from trios3.config import ConfigError, build_config, parse_size, write_key_file
-from trios3.core.keys import MasterKey
+from trios3.config import (
+    BackendSettings,
+    Config,
+    ConfigError,
+    ProxySettings,
+    add_serve_options,
+    add_tool_options,
+    build_config,
+    parse_size,
+    tool_settings,
+    write_key_file,
+)
+from trios3.core.keys import Keyring, MasterKey
 
 KEY = base64.b64encode(bytes(range(32))).decode()
 BASE_ENV = {
@@ -25,14 +38,8 @@ BASE_ENV = {
 
 
 def config_from(argv, env):
-    import argparse
-
-    from trios3.config import add_serve_options  # noqa: F401  (the parser reads env at build)
-
     parser = argparse.ArgumentParser()
-    from trios3.config import add_serve_options as add
-
-    add(parser, env)
+    add_serve_options(parser, env)  # the parser reads the environment as it is built
     return build_config(parser.parse_args(argv), env)
 
 
@@ -251,3 +258,121 @@ def test_offline_tools_need_a_backend_and_keys(tmp_path):
         )
         assert (result.returncode, result.stderr.count("\n")) == (2, 1), result.stderr
         assert expected in result.stderr
+
+
+# -- one typed Config: the command line derived from its fields, a view for each part -------
+
+
+def test_a_command_line_without_options_gives_the_configs_own_defaults():
+    given = config_from(["--backend", "http://x:1"], BASE_ENV)
+    defaults = Config()
+    derived = {"backend_url", "backend_access_key", "backend_secret_key", "credentials", "keyring"}
+    for field in dataclasses.fields(Config):
+        if field.name not in derived:
+            assert getattr(given, field.name) == getattr(defaults, field.name), field.name
+    assert defaults.memory_budget == 64 * 1024**2
+    assert defaults.body_timeout == 60.0
+
+
+def test_help_shows_each_options_variable_and_default():
+    serve = argparse.ArgumentParser()
+    add_serve_options(serve, {"TRIOS3_MEMORY_BUDGET": "1MiB"})  # the help shows the default
+    text = " ".join(serve.format_help().split())
+    for expected in (
+        "--listen LISTEN HOST:PORT to serve S3 on [TRIOS3_LISTEN; default 127.0.0.1:8080]",
+        "[TRIOS3_MEMORY_BUDGET; default 64MiB]",
+        "[TRIOS3_BODY_TIMEOUT; default 60]",
+        "--require-encrypted refuse objects the proxy did not encrypt instead of serving them "
+        "[TRIOS3_REQUIRE_ENCRYPTED=1]",
+        "--log-format LOG_FORMAT text or json (one JSON object per line) "
+        "[TRIOS3_LOG_FORMAT; default text]",
+    ):
+        assert expected in text
+    assert "BACKEND_ACCESS_KEY" not in text  # secrets are variables only, never flags
+    tool = argparse.ArgumentParser()
+    add_tool_options(tool, {})
+    flags = [a.option_strings[0] for a in tool._actions if a.option_strings[0] != "-h"]
+    assert flags == ["--backend", "--backend-region", "--key-file", "--backend-timeout"]
+
+
+def test_logging_options_are_one_clear_line():
+    for argv, message in (
+        (
+            ["--log-level", "loud"],
+            "--log-level: expected DEBUG, INFO, WARNING or ERROR, got 'loud'",
+        ),
+        (["--log-format", "xml"], "--log-format: expected text or json, got 'xml'"),
+    ):
+        with pytest.raises(ConfigError) as caught:
+            config_from(["--backend", "http://x:1", *argv], BASE_ENV)
+        assert str(caught.value) == message
+    assert config_from(["--backend", "http://x:1", "--log-level", "debug"], BASE_ENV).log_level == (
+        "DEBUG"
+    )
+
+
+def test_each_part_gets_its_view_of_the_config():
+    config = config_from(
+        ["--backend", "http://s3.local:9000", "--max-requests", "10", "--backend-timeout", "7"],
+        {**BASE_ENV, "TRIOS3_BODY_TIMEOUT": "5", "TRIOS3_REQUIRE_ENCRYPTED": "yes"},
+    )
+    backend = config.backend()
+    assert backend == BackendSettings(
+        url="http://s3.local:9000",
+        region="us-east-1",
+        access_key="backend",
+        secret_key="backendsecret",
+        max_connections=2 * 10 + 8,  # two per request in flight, and a few more
+        timeout=7.0,
+    )
+    assert "backendsecret" not in repr(backend) and "backendsecret" not in repr(config)
+    proxy = config.proxy()
+    assert proxy.backend == backend
+    assert proxy.credentials == {"client": "secret"}
+    assert proxy.keyring is config.keyring
+    assert (proxy.memory_budget, proxy.admission_timeout) == (64 * 1024**2, 30.0)
+    assert (proxy.body_timeout, proxy.max_requests, proxy.require_encrypted) == (5.0, 10, True)
+    assert proxy.virtual_host_domain is None
+
+
+def test_the_embedded_backend_completes_the_config(tmp_path):
+    config = config_from(["--data-dir", str(tmp_path)], {})  # no --backend: the embedded one
+    with pytest.raises(ValueError):
+        config.backend()
+    started = config.with_backend("http://127.0.0.1:1", "us-east-1", "weed", "weedsecret")
+    assert started.backend().url == "http://127.0.0.1:1"
+    assert started.backend().access_key == "weed"
+    assert started.proxy().credentials == config.credentials
+
+
+def test_views_for_tests_take_the_configs_defaults():
+    backend = BackendSettings.with_defaults("http://x:1", "eu", "a", "s")
+    assert (
+        backend
+        == Config(
+            backend_url="http://x:1",
+            backend_region="eu",
+            backend_access_key="a",
+            backend_secret_key="s",
+        ).backend()
+    )
+    assert (
+        BackendSettings.with_defaults("http://x:1", "eu", "a", "s", backend_timeout=5).timeout == 5
+    )
+    keyring = Keyring([MasterKey(MasterKey.generate())])
+    proxy = ProxySettings.with_defaults(
+        credentials={"a": "s"}, keyring=keyring, backend=backend, memory_budget=1024
+    )
+    assert (proxy.memory_budget, proxy.backend, proxy.keyring) == (1024, backend, keyring)
+    assert proxy.body_timeout == Config().body_timeout
+
+
+def test_offline_tools_read_the_same_fields():
+    parser = argparse.ArgumentParser()
+    env = {**BASE_ENV, "TRIOS3_BACKEND_REGION": "eu"}
+    add_tool_options(parser, env)
+    args = parser.parse_args(["--backend", "http://s3.local:9000", "--backend-timeout", "7"])
+    settings, keyring = tool_settings(args, env)
+    assert (settings.url, settings.region, settings.timeout) == ("http://s3.local:9000", "eu", 7.0)
+    assert (settings.access_key, settings.secret_key) == ("backend", "backendsecret")
+    assert keyring.primary.key_id == MasterKey.from_base64(KEY).key_id

@@ -13,7 +13,6 @@ import secrets
 import time
 from collections.abc import Awaitable, Callable
 from contextlib import AsyncExitStack
-from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from urllib.parse import unquote
 
@@ -21,17 +20,18 @@ import httpx
 import trio
 from quart_trio import QuartTrio
 
-from trios3.backend import Backend, BackendSettings, open_backend
+from trios3.backend import Backend, open_backend
 from trios3.body import ClientChannel, ClientDisconnected
 from trios3.budget import MemoryBudget
+from trios3.config import ProxySettings
 from trios3.core import sigv4
 from trios3.core.errors import S3Error, TamperedError
-from trios3.core.keys import Keyring
+from trios3.core.headers import request_headers
 from trios3.core.routing import Target, resolve_target
 from trios3.exchange import Exchange, Responder, Services
 from trios3.metrics import CONTENT_TYPE as METRICS_CONTENT_TYPE
 from trios3.metrics import Counts, Metrics
-from trios3.ops import buckets, multipart, objects
+from trios3.ops import buckets, copy, get, multipart, put
 
 log = logging.getLogger("trios3")
 
@@ -48,11 +48,11 @@ OPERATIONS: dict[str, Operation] = {
     "ListObjectsV2": buckets.list_objects,
     "ListObjectVersions": buckets.list_objects,
     "DeleteObjects": buckets.delete_objects,
-    "GetObject": objects.get_object,
-    "HeadObject": objects.head_object,
-    "PutObject": objects.put_object,
-    "CopyObject": objects.copy_object,
-    "DeleteObject": objects.delete_object,
+    "GetObject": get.get_object,
+    "HeadObject": get.head_object,
+    "PutObject": put.put_object,
+    "CopyObject": copy.copy_object,
+    "DeleteObject": put.delete_object,
     "ObjectTagging": buckets.passthrough,
     "ObjectAcl": buckets.passthrough,
     "ObjectLock": buckets.passthrough,
@@ -64,21 +64,6 @@ OPERATIONS: dict[str, Operation] = {
     "ListParts": multipart.list_parts,
     "ListMultipartUploads": multipart.list_uploads,
 }
-
-
-@dataclass(frozen=True)
-class ProxySettings:
-    """What the app needs to answer S3 requests (built once from the configuration)."""
-
-    credentials: dict[str, str] = field(repr=False)  # access key id -> secret key
-    keyring: Keyring
-    backend: BackendSettings
-    memory_budget: int = 64 * 1024 * 1024
-    admission_timeout: float = 30.0
-    virtual_host_domain: str | None = None
-    body_timeout: float = 60.0  # seconds a client may pause while sending a body
-    max_requests: int = 256  # requests in flight at once; more get 503 SlowDown at once
-    require_encrypted: bool = False  # refuse objects without trios3 metadata
 
 
 def _admin_app(proxy: S3Proxy) -> QuartTrio:
@@ -295,12 +280,7 @@ class S3Proxy:
         raw_path = raw_path.decode("latin-1").split("?", 1)[0]
         query_string = scope.get("query_string", b"").decode("latin-1")
         pairs = [(n.decode("latin-1").lower(), v.decode("latin-1")) for n, v in scope["headers"]]
-        headers: dict[str, str] = {}
-        for name, value in pairs:
-            if name in headers and _single(name):
-                # The signature covers the first of two; the proxy could act on either.
-                raise S3Error("InvalidArgument", f"The header {name} may appear only once.")
-            headers[name] = f"{headers[name]},{value}" if name in headers else value
+        headers = request_headers(pairs)
         target = resolve_target(
             scope["method"],
             raw_path,
@@ -311,22 +291,7 @@ class S3Proxy:
         auth = sigv4.parse_auth(scope["method"], raw_path, query_string, pairs)
         if auth is None:
             raise S3Error("AccessDenied", "Anonymous requests are not accepted.")
-        # x-amz-content-sha256 may go unsigned: its value is part of the canonical request.
-        unsigned = sorted(
-            n
-            for n in headers
-            if n.startswith("x-amz-")
-            and n not in auth.signed_headers
-            and n != "x-amz-content-sha256"
-        )
-        if unsigned:
-            # As AWS: a header that changes what the request does must be signed, or a
-            # presigned PUT could be turned into a copy of any object, say.
-            raise S3Error(
-                "AccessDenied",
-                "There were headers present in the request which were not signed",
-                fields={"HeadersNotSigned": ", ".join(unsigned)},
-            )
+        sigv4.check_signed_headers(headers, auth)
         secret = self.settings.credentials.get(auth.access_key)
         if secret is None:
             raise S3Error("InvalidAccessKeyId", fields={"AWSAccessKeyId": auth.access_key})
@@ -357,28 +322,6 @@ def _operation_name(exchange: Exchange) -> str:
     if "x-amz-copy-source" in exchange.headers:
         name = {"PutObject": "CopyObject", "UploadPart": "UploadPartCopy"}.get(name, name)
     return name
-
-
-_SINGLE = frozenset(
-    {
-        "authorization",
-        "content-encoding",
-        "content-length",
-        "content-md5",
-        "content-type",
-        "host",
-        "if-match",
-        "if-modified-since",
-        "if-none-match",
-        "if-unmodified-since",
-        "range",
-    }
-)
-
-
-def _single(name: str) -> bool:
-    """Headers that authentication, routing or body checks read must not be repeated."""
-    return name.startswith("x-amz-") or name in _SINGLE
 
 
 def _carries_auth(scope) -> bool:

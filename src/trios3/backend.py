@@ -11,16 +11,18 @@ from __future__ import annotations
 import hashlib
 from collections.abc import AsyncIterable, AsyncIterator, Sequence
 from contextlib import asynccontextmanager
-from dataclasses import dataclass, field
 from datetime import UTC, datetime
 
 import httpx
 
+from trios3.config import BackendSettings
 from trios3.core import sigv4
 from trios3.core.errors import S3Error
 from trios3.core.s3xml import parse_error
 
-UNSIGNED_PAYLOAD = "UNSIGNED-PAYLOAD"
+# The most the proxy reads of a backend answer that is a small XML document (a result or an
+# error): more means something is wrong at the backend.
+SMALL_BODY = 64 * 1024
 # Backend errors that mean the proxy's own backend credentials are wrong: the client did
 # nothing wrong, so they must not be passed on as if it had.
 _BACKEND_AUTH_ERRORS = {
@@ -28,16 +30,6 @@ _BACKEND_AUTH_ERRORS = {
     "SignatureDoesNotMatch",
     "AuthorizationHeaderMalformed",
 }
-
-
-@dataclass(frozen=True)
-class BackendSettings:
-    url: str
-    region: str
-    access_key: str
-    secret_key: str = field(repr=False)
-    max_connections: int = 256
-    timeout: float = 300.0  # seconds a backend may stay silent mid-request
 
 
 class Backend:
@@ -123,7 +115,7 @@ class Backend:
             if body or method in ("PUT", "POST"):
                 out.append(("content-length", str(len(body))))
         else:
-            payload_hash = UNSIGNED_PAYLOAD if body is not None else sigv4.EMPTY_SHA256
+            payload_hash = sigv4.UNSIGNED_PAYLOAD if body is not None else sigv4.EMPTY_SHA256
             if body is not None:
                 if content_length is None:
                     raise ValueError("a streamed backend body needs its Content-Length")

@@ -16,14 +16,9 @@ import trio
 from trios3.core.checksums import PayloadChecks
 from trios3.core.chunked import AwsChunkedDecoder, ChunkSigning, EndOfBody, NeedData
 from trios3.core.errors import S3Error
-from trios3.core.sigv4 import RequestAuth
+from trios3.core.sigv4 import STREAMING_MODES, RequestAuth
 
 MAX_SINGLE_PUT = 5 * 1024**3
-STREAMING_MODES = {
-    "STREAMING-AWS4-HMAC-SHA256-PAYLOAD",
-    "STREAMING-AWS4-HMAC-SHA256-PAYLOAD-TRAILER",
-    "STREAMING-UNSIGNED-PAYLOAD-TRAILER",
-}
 
 
 class ClientDisconnected(Exception):
@@ -41,7 +36,7 @@ class ClientChannel:
     request is awaiting, and hypercorn is never left blocked on a full queue.
     """
 
-    def __init__(self, receive, scope: trio.CancelScope, body_timeout: float = 60.0) -> None:
+    def __init__(self, receive, scope: trio.CancelScope, body_timeout: float) -> None:
         self._receive = receive
         self._scope = scope
         self._body_timeout = body_timeout

@@ -29,16 +29,6 @@ def _parser() -> argparse.ArgumentParser:
     commands = parser.add_subparsers(dest="command", required=True)
     serve = commands.add_parser("serve", help="run the encrypting S3 proxy")
     add_serve_options(serve, os.environ)
-    serve.add_argument(
-        "--log-level",
-        default=os.environ.get("TRIOS3_LOG_LEVEL", "INFO"),
-        help="logging level [TRIOS3_LOG_LEVEL; default INFO]",
-    )
-    serve.add_argument(
-        "--log-format",
-        default=os.environ.get("TRIOS3_LOG_FORMAT", "text"),
-        help="text or json (one JSON object per line) [TRIOS3_LOG_FORMAT; default text]",
-    )
     keygen = commands.add_parser("keygen", help="write a new master key file (mode 0600)")
     keygen.add_argument("path", help="the key file to create")
     added = keygen.add_mutually_exclusive_group()
@@ -128,22 +118,18 @@ def main(argv: list[str] | None = None) -> int:
         return 0
     if args.command in ("rewrap", "inspect"):
         return _tool(args)
-    if not isinstance(logging.getLevelName(args.log_level.upper()), int):
-        return _fail(f"--log-level: expected DEBUG, INFO, WARNING or ERROR, got {args.log_level!r}")
     try:
         config = build_config(args, os.environ)
         if not config.backend_url:
             find_weed()
     except (ConfigError, EmbeddedUnavailable) as exc:
         return _fail(str(exc))
-    if args.log_format not in ("text", "json"):
-        return _fail(f"--log-format: expected text or json, got {args.log_format!r}")
     handler = logging.StreamHandler()
-    if args.log_format == "json":
+    if config.log_format == "json":
         handler.setFormatter(JsonLines())
     else:
         handler.setFormatter(logging.Formatter("%(asctime)s %(levelname)s %(name)s %(message)s"))
-    logging.basicConfig(level=args.log_level.upper(), handlers=[handler])
+    logging.basicConfig(level=config.log_level, handlers=[handler])
     # One line per request is trios3's own; httpx would add one per backend request.
     logging.getLogger("httpx").setLevel(logging.WARNING)
 

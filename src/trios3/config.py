@@ -1,6 +1,17 @@
-"""Configuration: every option a flag and a ``TRIOS3_<OPTION>`` variable, read once.
+"""Configuration: one typed, immutable :class:`Config`, built once at start-up and passed down.
 
-The result is one immutable :class:`Config` passed down; nothing reads the environment later.
+hypercorn's ``Config`` is the model: one object, each setting a typed field with its default.
+A field that can be given also carries how (:func:`option`, :func:`switch`, :func:`variable`):
+its flag, its ``TRIOS3_<OPTION>`` variable, its help and the parser that turns the text a user
+types into the field's value. The command lines of ``serve`` and of the offline tools are
+derived from those fields, so each default is written once, as text, beside its flag. Nothing
+reads the environment after :func:`build_config` (or :func:`tool_settings`).
+
+Each part of the server gets its view of the Config and nothing more: :meth:`Config.backend`
+for the backend client (:class:`BackendSettings`), :meth:`Config.proxy` for the app
+(:class:`ProxySettings`). The views have no defaults of their own: they are always made from a
+Config, whose defaults they then share.
+
 Invalid configuration raises :class:`ConfigError` with one line that says what to fix.
 """
 
@@ -8,16 +19,18 @@ from __future__ import annotations
 
 import argparse
 import base64
+import dataclasses
+import logging
 import os
 import re
 import secrets
 import tempfile
 import tomllib
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
-from trios3.backend import BackendSettings
 from trios3.core.keys import Keyring, MasterKey
 
 
@@ -25,118 +38,87 @@ class ConfigError(Exception):
     """A configuration problem, reported as one line at start-up."""
 
 
-@dataclass(frozen=True)
-class Config:
-    listen: str
-    backend_url: str | None
-    backend_region: str
-    backend_access_key: str | None
-    backend_secret_key: str | None = field(repr=False)
-    credentials: Mapping[str, str] = field(repr=False)
-    keyring: Keyring
-    tls_cert: str | None
-    tls_key: str | None
-    data_dir: Path
-    virtual_host_domain: str | None
-    memory_budget: int
-    admission_timeout: float
-    body_timeout: float = 60.0
-    send_timeout: float = 120.0
-    max_requests: int = 256
-    max_connections: int = 1024
-    backend_timeout: float = 300.0
-    shutdown_timeout: float = 30.0
-    require_encrypted: bool = False
-    generated: tuple[str, ...] = ()  # what the embedded mode created on this run
-
-
-OPTIONS = {
-    # flag: (default, help)
-    "listen": ("127.0.0.1:8080", "HOST:PORT to serve S3 on"),
-    "backend": (None, "URL of the backend S3 endpoint (default: an embedded SeaweedFS)"),
-    "backend-region": ("us-east-1", "region the backend is signed for"),
-    "credentials": (None, "TOML file of client credentials the proxy accepts"),
-    "key-file": (None, "file holding the base64 master key (or set TRIOS3_MASTER_KEY)"),
-    "tls-cert": (None, "PEM certificate: serve HTTPS"),
-    "tls-key": (None, "PEM private key for --tls-cert"),
-    "data-dir": ("./trios3-data", "where the embedded backend keeps its data and keys"),
-    "virtual-host-domain": (None, "serve virtual-hosted-style requests for BUCKET.<domain>"),
-    "memory-budget": ("64MiB", "bytes of body buffers all requests may hold together"),
-    "admission-timeout": ("30", "seconds a request may wait for the budget before 503"),
-    "body-timeout": ("60", "seconds a client may pause while sending a request body"),
-    "send-timeout": ("120", "seconds a client may leave response bytes unread (TCP_USER_TIMEOUT)"),
-    "max-requests": ("256", "requests in flight at once; more get 503 SlowDown"),
-    "max-connections": ("1024", "client connections at once; more wait to be accepted"),
-    "backend-timeout": ("300", "seconds the backend may stay silent in a request"),
-    "shutdown-timeout": ("30", "seconds in-flight requests may take to finish after SIGTERM"),
-}
-
-
 def env_name(option: str) -> str:
     return "TRIOS3_" + option.upper().replace("-", "_")
 
 
-FLAGS = {
-    # flag: help (off unless given, or its variable is 1/true/yes)
-    "require-encrypted": "refuse objects the proxy did not encrypt instead of serving them",
-}
+_TRUE = ("1", "true", "yes", "on")
 
 
-def add_serve_options(parser: argparse.ArgumentParser, environ: Mapping[str, str]) -> None:
-    for option, (default, help_text) in OPTIONS.items():
-        variable = env_name(option)
-        parser.add_argument(
-            f"--{option}",
-            default=environ.get(variable, default),
-            help=f"{help_text} [{variable}; default {default}]",
-        )
-    for option, help_text in FLAGS.items():
-        variable = env_name(option)
-        parser.add_argument(
-            f"--{option}",
-            action="store_true",
-            default=environ.get(variable, "").strip().lower() in ("1", "true", "yes", "on"),
-            help=f"{help_text} [{variable}=1]",
-        )
+@dataclass(frozen=True)
+class Option:
+    """How a :class:`Config` field is given: a ``--flag``, whose default is its variable's value
+    if that is set, else ``default``; or, with no flag, the variable alone."""
+
+    flag: str | None
+    variable: str
+    default: str | None  # as a user would type it, and as --help shows it
+    help: str
+    parse: Callable[[Any, str], Any] | None = None  # (text, flag) -> value, or ConfigError
+    switch: bool = False  # no value: on if given, or if its variable is 1/true/yes/on
+    tool: bool = False  # also an option of the offline tools (rewrap, inspect)
+
+    def value(self, text: Any) -> Any:
+        """The field's value for ``text`` as given."""
+        return text if self.parse is None else self.parse(text, self.flag or self.variable)
+
+    def given(self, args: argparse.Namespace, environ: Mapping[str, str]) -> Any:
+        """What was given: the flag's text (its variable's when the flag is absent), or the
+        variable's when there is no flag."""
+        if self.flag is None:
+            return environ.get(self.variable)
+        return getattr(args, self.flag.replace("-", "_"))
+
+    def add_to(self, parser: argparse.ArgumentParser, environ: Mapping[str, str]) -> None:
+        if self.flag is None:
+            return
+        if self.switch:
+            parser.add_argument(
+                f"--{self.flag}",
+                action="store_true",
+                default=environ.get(self.variable, "").strip().lower() in _TRUE,
+                help=f"{self.help} [{self.variable}=1]",
+            )
+        else:
+            parser.add_argument(
+                f"--{self.flag}",
+                default=environ.get(self.variable, self.default),
+                help=f"{self.help} [{self.variable}; default {self.default}]",
+            )
 
 
-TOOL_OPTIONS = ("backend", "backend-region", "key-file", "backend-timeout")
+def option(
+    flag: str,
+    default: str | None,
+    help: str,
+    parse: Callable[[Any, str], Any] | None = None,
+    *,
+    tool: bool = False,
+) -> Any:
+    """A field given as ``--flag`` or ``TRIOS3_<FLAG>``; its default is ``default`` parsed."""
+    spec = Option(flag, env_name(flag), default, help, parse, tool=tool)
+    return field(default=spec.value(default), metadata={"option": spec})
 
 
-def add_tool_options(parser: argparse.ArgumentParser, environ: Mapping[str, str]) -> None:
-    """The options of the offline tools (rewrap, inspect): a backend and the keys."""
-    for option in TOOL_OPTIONS:
-        default, help_text = OPTIONS[option]
-        variable = env_name(option)
-        parser.add_argument(
-            f"--{option}",
-            default=environ.get(variable, default),
-            help=f"{help_text} [{variable}; default {default}]",
-        )
+def switch(flag: str, help: str) -> Any:
+    """A field that is off unless ``--flag`` is given or ``TRIOS3_<FLAG>`` is 1/true/yes/on."""
+    spec = Option(flag, env_name(flag), None, help, switch=True)
+    return field(default=False, metadata={"option": spec})
 
 
-def tool_settings(
-    args: argparse.Namespace, environ: Mapping[str, str]
-) -> tuple[BackendSettings, Keyring]:
-    """The backend and keyring the offline tools work with; they need an explicit backend."""
-    if not args.backend or not re.match(r"^https?://[^/\s]+(/.*)?$", args.backend):
-        raise ConfigError(f"--backend: expected an http(s):// URL, got {args.backend!r}")
-    access = environ.get("TRIOS3_BACKEND_ACCESS_KEY_ID")
-    secret = environ.get("TRIOS3_BACKEND_SECRET_ACCESS_KEY")
-    if not (access and secret):
-        raise ConfigError(
-            "--backend needs TRIOS3_BACKEND_ACCESS_KEY_ID and TRIOS3_BACKEND_SECRET_ACCESS_KEY"
-        )
-    keyring = load_keyring(args.key_file, environ)
-    if keyring is None:
-        raise ConfigError("no master key: give --key-file FILE or TRIOS3_MASTER_KEY")
-    timeout = parse_seconds(args.backend_timeout, "backend-timeout")
-    return BackendSettings(args.backend, args.backend_region, access, secret, timeout), keyring
+def variable(name: str, help: str, *, tool: bool = False, secret: bool = False) -> Any:
+    """A field given only as the environment variable ``name`` (a secret: never a flag)."""
+    spec = Option(None, name, None, help, tool=tool)
+    return field(default=None, repr=not secret, metadata={"option": spec})
 
+
+# -- parsers: (text as given, flag) -> value ---------------------------------------------------
 
 _SIZE = re.compile(r"^\s*(\d+)\s*(|b|kib|mib|gib|kb|mb|gb|k|m|g)\s*$", re.IGNORECASE)
 _UNITS = {"": 1, "b": 1, "k": 1024, "kib": 1024, "kb": 1000, "m": 1024**2, "mib": 1024**2}
 _UNITS |= {"mb": 1000**2, "g": 1024**3, "gib": 1024**3, "gb": 1000**3}
+_LISTEN = re.compile(r"^(\[[0-9a-fA-F:]+\]|[^:\s]+):\d{1,5}$")
+_URL = re.compile(r"^https?://[^/\s]+(/.*)?$")
 
 
 def parse_size(text: str, option: str) -> int:
@@ -154,6 +136,303 @@ def parse_seconds(text, option: str) -> float:
     if not seconds > 0:
         raise ConfigError(f"--{option}: expected a positive number of seconds, got {text!r}")
     return seconds
+
+
+def parse_count(text, option: str) -> int:
+    text = str(text)
+    if not text.isdigit() or int(text) < 1:
+        raise ConfigError(f"--{option}: expected a positive number, got {text!r}")
+    return int(text)
+
+
+def _parse_listen(text: str | None, option: str) -> str:
+    if not _LISTEN.match(text or ""):
+        raise ConfigError(f"--{option}: expected HOST:PORT, got {text!r}")
+    return text  # type: ignore[return-value]
+
+
+def _parse_url(text: str | None, option: str) -> str | None:
+    """An http(s) URL, or nothing (None or empty: for ``--backend``, the embedded one)."""
+    if text and not _URL.match(text):
+        raise ConfigError(f"--{option}: expected an http(s):// URL, got {text!r}")
+    return text
+
+
+def _parse_log_level(text: str, option: str) -> str:
+    if not isinstance(logging.getLevelName(text.upper()), int):
+        raise ConfigError(f"--{option}: expected DEBUG, INFO, WARNING or ERROR, got {text!r}")
+    return text.upper()
+
+
+def _parse_log_format(text: str, option: str) -> str:
+    if text not in ("text", "json"):
+        raise ConfigError(f"--{option}: expected text or json, got {text!r}")
+    return text
+
+
+def _parse_path(text: str, option: str) -> Path:
+    return Path(text)
+
+
+# -- the Config and its views ------------------------------------------------------------------
+
+
+@dataclass(frozen=True, kw_only=True)
+class Config:
+    """Everything ``trios3 serve`` is told, typed; :func:`build_config` makes it from a command
+    line, validated as a whole. Its fields are in ``--help`` order.
+
+    Every field has a default, as in hypercorn's Config, so tests build one directly
+    (``Config(memory_budget=1 << 20)``). The fields made with :func:`option`, :func:`switch` and
+    :func:`variable` are the command line; the last three are what start-up derives from it:
+    the client credentials and master keys loaded from their files or the environment, and
+    what the embedded mode created on this run.
+    """
+
+    listen: str = option("listen", "127.0.0.1:8080", "HOST:PORT to serve S3 on", _parse_listen)
+    backend_url: str | None = option(
+        "backend",
+        None,
+        "URL of the backend S3 endpoint (default: an embedded SeaweedFS)",
+        _parse_url,
+        tool=True,
+    )
+    backend_region: str = option(
+        "backend-region", "us-east-1", "region the backend is signed for", tool=True
+    )
+    backend_access_key: str | None = variable(
+        "TRIOS3_BACKEND_ACCESS_KEY_ID", "the backend's access key id", tool=True
+    )
+    backend_secret_key: str | None = variable(
+        "TRIOS3_BACKEND_SECRET_ACCESS_KEY", "the backend's secret key", tool=True, secret=True
+    )
+    credentials_file: str | None = option(
+        "credentials", None, "TOML file of client credentials the proxy accepts"
+    )
+    key_file: str | None = option(
+        "key-file",
+        None,
+        "file holding the base64 master key (or set TRIOS3_MASTER_KEY)",
+        tool=True,
+    )
+    tls_cert: str | None = option("tls-cert", None, "PEM certificate: serve HTTPS")
+    tls_key: str | None = option("tls-key", None, "PEM private key for --tls-cert")
+    data_dir: Path = option(  # noqa: RUF009 (a Path is not changed in place)
+        "data-dir",
+        "./trios3-data",
+        "where the embedded backend keeps its data and keys",
+        _parse_path,
+    )
+    virtual_host_domain: str | None = option(
+        "virtual-host-domain", None, "serve virtual-hosted-style requests for BUCKET.<domain>"
+    )
+    memory_budget: int = option(
+        "memory-budget", "64MiB", "bytes of body buffers all requests may hold together", parse_size
+    )
+    admission_timeout: float = option(
+        "admission-timeout",
+        "30",
+        "seconds a request may wait for the budget before 503",
+        parse_seconds,
+    )
+    body_timeout: float = option(
+        "body-timeout",
+        "60",
+        "seconds a client may pause while sending a request body",
+        parse_seconds,
+    )
+    send_timeout: float = option(
+        "send-timeout",
+        "120",
+        "seconds a client may leave response bytes unread (TCP_USER_TIMEOUT)",
+        parse_seconds,
+    )
+    max_requests: int = option(
+        "max-requests", "256", "requests in flight at once; more get 503 SlowDown", parse_count
+    )
+    max_connections: int = option(
+        "max-connections",
+        "1024",
+        "client connections at once; more wait to be accepted",
+        parse_count,
+    )
+    backend_timeout: float = option(
+        "backend-timeout",
+        "300",
+        "seconds the backend may stay silent in a request",
+        parse_seconds,
+        tool=True,
+    )
+    shutdown_timeout: float = option(
+        "shutdown-timeout",
+        "30",
+        "seconds in-flight requests may take to finish after SIGTERM",
+        parse_seconds,
+    )
+    require_encrypted: bool = switch(
+        "require-encrypted", "refuse objects the proxy did not encrypt instead of serving them"
+    )
+    log_level: str = option("log-level", "INFO", "logging level", _parse_log_level)
+    log_format: str = option(
+        "log-format", "text", "text or json (one JSON object per line)", _parse_log_format
+    )
+    # Derived at start-up, not given as such.
+    credentials: Mapping[str, str] = field(default_factory=dict, repr=False)
+    keyring: Keyring | None = None  # None only in a Config made for its backend view alone
+    generated: tuple[str, ...] = ()  # what the embedded mode created on this run
+
+    def backend(self) -> BackendSettings:
+        """The backend client's view.
+
+        A request may hold two backend connections at once (a streaming GET of a multipart
+        object and the read of a part header): the pool, two connections for each request
+        that may be in flight and a few more, must never be what a request waits on.
+        """
+        if not self.backend_url:
+            raise ValueError("no backend URL: the embedded backend gives it (with_backend)")
+        return BackendSettings(
+            url=self.backend_url,
+            region=self.backend_region,
+            access_key=self.backend_access_key or "",
+            secret_key=self.backend_secret_key or "",
+            max_connections=2 * self.max_requests + 8,
+            timeout=self.backend_timeout,
+        )
+
+    def proxy(self) -> ProxySettings:
+        """The app's view: what it needs to answer S3 requests."""
+        return self._proxy(self.backend())
+
+    def _proxy(self, backend: BackendSettings) -> ProxySettings:
+        if self.keyring is None:
+            raise ValueError("a Config without a keyring cannot serve")
+        return ProxySettings(
+            credentials=dict(self.credentials),
+            keyring=self.keyring,
+            backend=backend,
+            memory_budget=self.memory_budget,
+            admission_timeout=self.admission_timeout,
+            virtual_host_domain=self.virtual_host_domain,
+            body_timeout=self.body_timeout,
+            max_requests=self.max_requests,
+            require_encrypted=self.require_encrypted,
+        )
+
+    def with_backend(self, url: str, region: str, access_key: str, secret_key: str) -> Config:
+        """This Config with the backend the embedded mode started: its address and keys are
+        known only once it runs."""
+        return dataclasses.replace(
+            self,
+            backend_url=url,
+            backend_region=region,
+            backend_access_key=access_key,
+            backend_secret_key=secret_key,
+        )
+
+
+@dataclass(frozen=True, kw_only=True)
+class BackendSettings:
+    """The backend client's view of the Config (:meth:`Config.backend`)."""
+
+    url: str
+    region: str
+    access_key: str
+    secret_key: str = field(repr=False)
+    max_connections: int  # the connection pool's size
+    timeout: float  # seconds the backend may stay silent mid-request
+
+    @classmethod
+    def with_defaults(
+        cls, url: str, region: str, access_key: str, secret_key: str, **config: Any
+    ) -> BackendSettings:
+        """The view of a backend at ``url`` with Config's defaults for the rest, or the Config
+        fields given (``backend_timeout=5``): how tests and scripts open a client without a
+        command line."""
+        return Config(
+            backend_url=url,
+            backend_region=region,
+            backend_access_key=access_key,
+            backend_secret_key=secret_key,
+            **config,
+        ).backend()
+
+
+@dataclass(frozen=True, kw_only=True)
+class ProxySettings:
+    """The app's view of the Config (:meth:`Config.proxy`): what it needs to answer S3
+    requests."""
+
+    credentials: dict[str, str] = field(repr=False)  # access key id -> secret key
+    keyring: Keyring
+    backend: BackendSettings  # for the client the app opens when it is given none
+    memory_budget: int
+    admission_timeout: float
+    virtual_host_domain: str | None
+    body_timeout: float  # seconds a client may pause while sending a body
+    max_requests: int  # requests in flight at once; more get 503 SlowDown at once
+    require_encrypted: bool  # refuse objects without trios3 metadata
+
+    @classmethod
+    def with_defaults(
+        cls,
+        *,
+        credentials: Mapping[str, str],
+        keyring: Keyring,
+        backend: BackendSettings,
+        **config: Any,
+    ) -> ProxySettings:
+        """The view of an app with these credentials, keys and backend, and Config's defaults
+        for the rest, or the Config fields given (``memory_budget=1 << 20``): how tests build
+        an app without a command line."""
+        return Config(credentials=credentials, keyring=keyring, **config)._proxy(backend)
+
+
+def _options(*, tool: bool = False) -> list[tuple[str, Option]]:
+    """The given fields of Config, in order: ``serve``'s, or the offline tools' (``tool``)."""
+    specs = [(f.name, f.metadata.get("option")) for f in dataclasses.fields(Config)]
+    return [(name, spec) for name, spec in specs if spec and (spec.tool or not tool)]
+
+
+def _given(args: argparse.Namespace, environ: Mapping[str, str], *, tool: bool) -> dict:
+    """The given fields' values, each parsed: the first one not valid raises."""
+    return {name: spec.value(spec.given(args, environ)) for name, spec in _options(tool=tool)}
+
+
+def _variable(name: str) -> str:
+    return Config.__dataclass_fields__[name].metadata["option"].variable
+
+
+def add_serve_options(parser: argparse.ArgumentParser, environ: Mapping[str, str]) -> None:
+    """``serve``'s options: every given field of :class:`Config`."""
+    for _, spec in _options():
+        spec.add_to(parser, environ)
+
+
+def add_tool_options(parser: argparse.ArgumentParser, environ: Mapping[str, str]) -> None:
+    """The options of the offline tools (rewrap, inspect): a backend and the keys."""
+    for _, spec in _options(tool=True):
+        spec.add_to(parser, environ)
+
+
+def _backend_keys_needed() -> ConfigError:
+    return ConfigError(
+        f"--backend needs {_variable('backend_access_key')} and {_variable('backend_secret_key')}"
+    )
+
+
+def tool_settings(
+    args: argparse.Namespace, environ: Mapping[str, str]
+) -> tuple[BackendSettings, Keyring]:
+    """The backend and keyring the offline tools work with; they need an explicit backend."""
+    given = _given(args, environ, tool=True)
+    if not given["backend_url"]:
+        raise ConfigError(f"--backend: expected an http(s):// URL, got {given['backend_url']!r}")
+    if not (given["backend_access_key"] and given["backend_secret_key"]):
+        raise _backend_keys_needed()
+    keyring = load_keyring(given["key_file"], environ)
+    if keyring is None:
+        raise ConfigError("no master key: give --key-file FILE or TRIOS3_MASTER_KEY")
+    return Config(**given, keyring=keyring).backend(), keyring
 
 
 def load_credentials(path: str | None, environ: Mapping[str, str]) -> dict[str, str]:
@@ -299,71 +578,29 @@ def _embedded_defaults(data_dir: Path, key: Keyring | None, creds: dict[str, str
 
 def build_config(args: argparse.Namespace, environ: Mapping[str, str]) -> Config:
     """Validate everything at once; the first problem found is the one line reported."""
-    listen = args.listen
-    if not re.match(r"^(\[[0-9a-fA-F:]+\]|[^:\s]+):\d{1,5}$", listen or ""):
-        raise ConfigError(f"--listen: expected HOST:PORT, got {listen!r}")
-    if bool(args.tls_cert) != bool(args.tls_key):
+    given = _given(args, environ, tool=False)
+    if bool(given["tls_cert"]) != bool(given["tls_key"]):
         raise ConfigError("--tls-cert and --tls-key go together")
-    for option in ("tls_cert", "tls_key"):
-        path = getattr(args, option)
+    for name in ("tls_cert", "tls_key"):
+        path = given[name]
         if path and not Path(path).is_file():
-            raise ConfigError(f"--{option.replace('_', '-')}: no such file: {path}")
-    backend = args.backend
-    if backend and not re.match(r"^https?://[^/\s]+(/.*)?$", backend):
-        raise ConfigError(f"--backend: expected an http(s):// URL, got {backend!r}")
-    backend_access = environ.get("TRIOS3_BACKEND_ACCESS_KEY_ID")
-    backend_secret = environ.get("TRIOS3_BACKEND_SECRET_ACCESS_KEY")
-    if backend and not (backend_access and backend_secret):
-        raise ConfigError(
-            "--backend needs TRIOS3_BACKEND_ACCESS_KEY_ID and TRIOS3_BACKEND_SECRET_ACCESS_KEY"
-        )
-    memory_budget = parse_size(str(args.memory_budget), "memory-budget")
-    admission_timeout = parse_seconds(args.admission_timeout, "admission-timeout")
-    body_timeout = parse_seconds(args.body_timeout, "body-timeout")
-    send_timeout = parse_seconds(args.send_timeout, "send-timeout")
-    backend_timeout = parse_seconds(args.backend_timeout, "backend-timeout")
-    shutdown_timeout = parse_seconds(args.shutdown_timeout, "shutdown-timeout")
-    max_requests = str(args.max_requests)
-    if not max_requests.isdigit() or int(max_requests) < 1:
-        raise ConfigError(f"--max-requests: expected a positive number, got {max_requests!r}")
-    max_connections = str(args.max_connections)
-    if not max_connections.isdigit() or int(max_connections) < 1:
-        raise ConfigError(f"--max-connections: expected a positive number, got {max_connections!r}")
-    key = load_keyring(args.key_file, environ)
-    creds = load_credentials(args.credentials, environ)
-    data_dir = Path(args.data_dir)
+            raise ConfigError(f"--{name.replace('_', '-')}: no such file: {path}")
+    if given["backend_url"] and not (given["backend_access_key"] and given["backend_secret_key"]):
+        raise _backend_keys_needed()
+    keyring = load_keyring(given["key_file"], environ)
+    credentials = load_credentials(given["credentials_file"], environ)
     generated: tuple[str, ...] = ()
-    if not backend:
-        key, creds, generated = _embedded_defaults(data_dir, key, creds)
-    if key is None:
+    if not given["backend_url"]:
+        keyring, credentials, generated = _embedded_defaults(
+            given["data_dir"], keyring, credentials
+        )
+    if keyring is None:
         raise ConfigError(
             "no master key: give --key-file FILE or TRIOS3_MASTER_KEY (trios3 keygen makes one)"
         )
-    if not creds:
+    if not credentials:
         raise ConfigError(
             "no client credentials: give --credentials FILE or "
             "TRIOS3_ACCESS_KEY_ID and TRIOS3_SECRET_ACCESS_KEY"
         )
-    return Config(
-        listen=listen,
-        backend_url=backend,
-        backend_region=args.backend_region,
-        backend_access_key=backend_access,
-        backend_secret_key=backend_secret,
-        credentials=creds,
-        keyring=key,
-        tls_cert=args.tls_cert,
-        tls_key=args.tls_key,
-        data_dir=data_dir,
-        virtual_host_domain=args.virtual_host_domain,
-        memory_budget=memory_budget,
-        admission_timeout=admission_timeout,
-        body_timeout=body_timeout,
-        send_timeout=send_timeout,
-        max_requests=int(max_requests),
-        max_connections=int(max_connections),
-        backend_timeout=backend_timeout,
-        shutdown_timeout=shutdown_timeout,
-        require_encrypted=bool(args.require_encrypted),
-        generated=generated,
-    )
+    return Config(**given, credentials=credentials, keyring=keyring, generated=generated)

@@ -18,7 +18,7 @@ from pathlib import Path
 
 import trio
 
-from trios3.backend import BackendSettings
+from trios3.config import Config
 
 PORT_OPTIONS = (
     "master.port",
@@ -121,8 +121,10 @@ async def _wait_for_port(port: int, process: trio.Process) -> None:
         return
 
 
-async def run_seaweedfs(data_dir: Path, *, task_status=trio.TASK_STATUS_IGNORED) -> None:
-    """Run SeaweedFS until cancelled; reports the backend settings once its S3 port answers."""
+async def run_seaweedfs(config: Config, *, task_status=trio.TASK_STATUS_IGNORED) -> None:
+    """Run SeaweedFS in ``config.data_dir`` until cancelled; once its S3 port answers, report
+    ``config`` completed with the backend's address and keys."""
+    data_dir = config.data_dir
     weed = find_weed()
     access, secret, s3_config = backend_identity(data_dir)
     ports = dict(zip(PORT_OPTIONS, free_ports(len(PORT_OPTIONS)), strict=True))
@@ -135,13 +137,7 @@ async def run_seaweedfs(data_dir: Path, *, task_status=trio.TASK_STATUS_IGNORED)
                 await _wait_for_port(ports["s3.port"], process)
             # The S3 port answers a moment before the filer behind it accepts writes.
             await trio.sleep(1.0)
-            task_status.started(
-                BackendSettings(
-                    url=f"http://127.0.0.1:{ports['s3.port']}",
-                    region="us-east-1",
-                    access_key=access,
-                    secret_key=secret,
-                )
-            )
+            url = f"http://127.0.0.1:{ports['s3.port']}"
+            task_status.started(config.with_backend(url, "us-east-1", access, secret))
             await process.wait()
             raise RuntimeError(f"SeaweedFS stopped unexpectedly (status {process.returncode})")

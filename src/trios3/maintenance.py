@@ -16,11 +16,12 @@ import httpx
 
 from trios3.backend import Backend, backend_error
 from trios3.core import format as fmt
+from trios3.core import headers as hdr
 from trios3.core.errors import S3Error, TamperedError
 from trios3.core.keys import Envelope, Keyring
 from trios3.core.s3xml import parse_copy_object_result, parse_list_objects
-from trios3.ops import headers as hdr
-from trios3.ops import objects, reads
+from trios3.ops import stored
+from trios3.ops.copy import copy_multipart, copy_source_header, source_tagging
 
 
 def parse_s3_url(url: str) -> tuple[str, str]:
@@ -88,7 +89,7 @@ async def rewrap_object(
     envelope = Envelope.from_metadata(head.headers)
     if envelope is None:
         return "foreign"
-    described, meta = objects.described_by(head.headers)
+    described, meta = hdr.described_by(head.headers)
     # An md5chksum in the clear (written before the proxy sealed it) is sealed now, so an
     # object on the primary key that has one is not done yet. Beside a sealed one, a clear
     # one is not the proxy's: it is dropped, never sealed.
@@ -101,19 +102,19 @@ async def rewrap_object(
         return "rewrapped"
     rewrapped = keyring.rewrap(envelope, bucket, key, bucket, key, content_md5=content_md5)
     headers = described + meta + list(rewrapped.to_metadata().items())
-    stored = reads.StoredObject(
+    obj = stored.StoredObject(
         bucket, key, (), head.headers.get("etag", ""), int(head.headers["content-length"])
     )
     if envelope.multipart:
-        tagging = await objects.source_tagging(backend, stored)
+        tagging = await source_tagging(backend, obj)
         if tagging:
             headers.append(("x-amz-tagging", tagging))
-        await objects.copy_multipart(backend, stored, envelope.segment_size, bucket, key, headers)
+        await copy_multipart(backend, obj, envelope.segment_size, bucket, key, headers)
         return "rewrapped"
     headers += [
-        ("x-amz-copy-source", objects.copy_source_header(stored)),
+        ("x-amz-copy-source", copy_source_header(obj)),
         ("x-amz-metadata-directive", "REPLACE"),
-        ("x-amz-copy-source-if-match", stored.etag),  # the object whose key was re-wrapped
+        ("x-amz-copy-source-if-match", obj.etag),  # the object whose key was re-wrapped
     ]
     response, data = await backend.request("PUT", bucket, key, headers=headers)
     if response.status_code != 200:
@@ -153,9 +154,9 @@ async def rewrap(
 async def inspect(backend: Backend, keyring: Keyring, bucket: str, key: str) -> list[str]:
     """Lines describing a stored object as the proxy sees it (nothing is decrypted)."""
     head = await _head(backend, bucket, key)
-    stored = int(head.headers.get("content-length", "0"))
+    stored_size = int(head.headers.get("content-length", "0"))
     etag = head.headers.get("etag", "")
-    lines = [f"object: s3://{bucket}/{key}", f"stored size: {stored}", f"backend ETag: {etag}"]
+    lines = [f"object: s3://{bucket}/{key}", f"stored size: {stored_size}", f"backend ETag: {etag}"]
     envelope = Envelope.from_metadata(head.headers)
     if envelope is None:
         return [*lines, "format: none (not encrypted by trios3: served as it is)"]
@@ -171,13 +172,13 @@ async def inspect(backend: Backend, keyring: Keyring, bucket: str, key: str) -> 
     if envelope.sealed_md5 is not None:
         lines.append("content MD5: sealed (shown to clients as x-amz-meta-md5chksum)")
     if not envelope.multipart:
-        size = fmt.plaintext_size(stored, envelope.segment_size)
+        size = fmt.plaintext_size(stored_size, envelope.segment_size)
         segments = fmt.segment_count(size, envelope.segment_size) if size is not None else "?"
         lines += [f"plaintext size: {size if size is not None else 'impossible'}"]
         lines += [f"segments: {segments}"]
         return lines
-    obj = reads.StoredObject(bucket, key, (), etag, stored)
-    layout, _ = await reads.find_layout(backend, obj, envelope.segment_size)
+    obj = stored.StoredObject(bucket, key, (), etag, stored_size)
+    layout, _ = await stored.find_layout(backend, obj, envelope.segment_size)
     lines.append(f"plaintext size: {layout.plaintext_size}")
     first, last = layout.place(1), layout.place(layout.count)
     lines.append(f"parts: {layout.count}")

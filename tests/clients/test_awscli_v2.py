@@ -126,7 +126,7 @@ def aws(binary, endpoint, tmp_path, request) -> AwsCliV2:
 
 def test_expect_100_continue_is_answered_with_a_reason_phrase(endpoint):
     """h11 answers ``Expect: 100-continue`` with ``HTTP/1.1 100 \\r\\n``: no reason phrase
-    (trios3.serve._Connection adds it). RFC 9110 makes it optional, but AWS S3 sends ``HTTP/1.1 100 Continue``,
+    (trios3.server._Connection adds it). RFC 9110 makes it optional, but AWS S3 sends ``HTTP/1.1 100 Continue``,
     and botocore before 1.40.21 (boto/botocore#3455, fixed by #3543), which the aws cli v2 still
     carries in its own copy (2.9.19 and 2.23.6 here; aws/aws-cli#9702), splits the line, finds
     two fields instead of three, does not send the body and reads the next header line

@@ -30,7 +30,7 @@ from pathlib import Path
 
 import pytest
 
-from conftest import scratch_bucket
+from harness import scratch_bucket
 
 pytestmark = pytest.mark.clients
 

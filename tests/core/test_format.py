@@ -12,6 +12,7 @@ from trios3.core.format import (
     TAG_SIZE,
     SegmentOpener,
     SegmentSealer,
+    SpanOpener,
     is_valid_segment_size,
     plaintext_size,
     segment_count,
@@ -364,3 +365,160 @@ def test_opener_stays_failed_after_tampering() -> None:
 def test_same_plaintext_under_fresh_keys_differs() -> None:
     plain = os.urandom(2 * S)
     assert seal(plain, key=os.urandom(32)) != seal(plain, key=os.urandom(32))
+
+
+# --- SpanOpener: one span's plaintext from a window of stored bytes ------------------------
+
+STRIDE = S + TAG_SIZE
+
+
+def open_window(
+    stored: bytes,
+    size: int,
+    start: int,
+    end: int,
+    window_start: int | None = None,
+    window_end: int | None = None,
+    chunk: int = 0,
+) -> bytes:
+    """The plaintext SpanOpener gives for bytes start..end from ``stored[window_start:
+    window_end + 1]`` (by default exactly the span), fed in pieces of ``chunk`` bytes."""
+    span = span_for_range(size, start, end, S)
+    if window_start is None:
+        window_start = span.stored_start
+    if window_end is None:
+        window_end = span.stored_end
+    opener = SpanOpener(KEY, S, size, span, window_start)
+    window = stored[window_start : window_end + 1]
+    step = chunk or max(1, len(window))
+    pieces: list[bytes] = []
+    for i in range(0, len(window), step):
+        pieces.extend(opener.feed(window[i : i + step]))
+    pieces.extend(opener.finish())
+    assert all(pieces), "no empty pieces"
+    return b"".join(pieces)
+
+
+SPAN_POINTS = sorted(
+    {0, 1, S - 1, S, S + 1, 2 * S - 1, 2 * S, 2 * S + 1, 3 * S - 1, 3 * S, SIZE - 2, SIZE - 1}
+)
+
+
+def test_span_plaintext_is_exactly_the_requested_bytes_for_every_pair_of_points() -> None:
+    for start in SPAN_POINTS:
+        for end in SPAN_POINTS:
+            if start > end:
+                continue
+            span = span_for_range(SIZE, start, end, S)
+            expected = PLAIN[start : end + 1]
+            # The exact span; a window from the object's start; one past the span's end.
+            assert open_window(STORED, SIZE, start, end) == expected, (start, end)
+            assert open_window(STORED, SIZE, start, end, 0, len(STORED) - 1) == expected
+            widest = STORED + b"past the end of the object"
+            assert open_window(widest, SIZE, start, end, 0, len(widest) - 1) == expected
+            assert (
+                open_window(STORED, SIZE, start, end, window_end=span.stored_end + 1, chunk=1000)
+                == expected
+            )
+
+
+@pytest.mark.parametrize("chunk", [1, 7, TAG_SIZE, STRIDE - 1, STRIDE, STRIDE + 1])
+def test_span_plaintext_is_independent_of_how_the_window_is_split(chunk: int) -> None:
+    start, end = 2 * S - 3, 2 * S + 5  # the tail of segment 1 to the head of segment 2
+    window_end = 3 * STRIDE + 7  # inside segment 3: the span ends before it
+    got = open_window(STORED, SIZE, start, end, 100, window_end, chunk=chunk)
+    assert got == PLAIN[start : end + 1]
+    got = open_window(STORED, SIZE, start, end, 100, len(STORED) - 1, chunk=chunk)
+    assert got == PLAIN[start : end + 1]
+
+
+def test_a_window_that_starts_before_the_span_and_ends_after_it() -> None:
+    # Segment 2 only, from a window that starts mid-segment 0 and ends inside segment 3.
+    start, end = 2 * S + 10, 2 * S + 20
+    span = span_for_range(SIZE, start, end, S)
+    assert span.stored_start == 2 * STRIDE
+    assert open_window(STORED, SIZE, start, end, 5, 3 * STRIDE + 50) == PLAIN[start : end + 1]
+
+
+def test_an_exact_window_gives_exactly_the_span() -> None:
+    span = span_for_range(SIZE, S, 2 * S - 1, S)
+    assert (span.stored_start, span.stored_end) == (STRIDE, 2 * STRIDE - 1)
+    opener = SpanOpener(KEY, S, SIZE, span, STRIDE)
+    assert opener.feed(STORED[STRIDE : 2 * STRIDE]) == [PLAIN[S : 2 * S]]
+    assert opener.finish() == []
+
+
+def test_span_plaintext_is_released_a_segment_at_a_time() -> None:
+    start, end = 10, 2 * S + 10
+    span = span_for_range(SIZE, start, end, S)
+    opener = SpanOpener(KEY, S, SIZE, span, 0)
+    assert opener.feed(STORED[: STRIDE - 1]) == []
+    assert opener.feed(STORED[STRIDE - 1 : STRIDE]) == [PLAIN[10:S]]
+    assert opener.feed(STORED[STRIDE : 3 * STRIDE]) == [PLAIN[S : 2 * S], PLAIN[2 * S : 2 * S + 11]]
+    assert opener.feed(STORED[3 * STRIDE :]) == []  # past the span: dropped unread
+    assert opener.finish() == []
+
+
+def test_a_window_starting_after_the_span_is_a_value_error() -> None:
+    span = span_for_range(SIZE, S, S, S)
+    with pytest.raises(ValueError):
+        SpanOpener(KEY, S, SIZE, span, span.stored_start + 1)
+
+
+def test_the_whole_empty_object_through_a_span_opener() -> None:
+    stored = seal(b"")
+    span = span_for_range(0, 0, -1, S)
+    opener = SpanOpener(KEY, S, 0, span, 0)
+    assert opener.feed(stored) == []
+    assert opener.finish() == []
+
+
+@pytest.mark.parametrize("cut", [1, TAG_SIZE, S, STRIDE + 1])
+def test_a_window_that_ends_before_the_span_does_is_tampered_at_finish(cut: int) -> None:
+    start, end = S, 2 * S + 5  # segments 1 and 2
+    span = span_for_range(SIZE, start, end, S)
+    opener = SpanOpener(KEY, S, SIZE, span, 0)
+    opener.feed(STORED[: span.stored_end + 1 - cut])
+    with pytest.raises(TamperedError):
+        opener.finish()
+
+
+def test_a_window_that_ends_before_the_span_starts_is_tampered_at_finish() -> None:
+    span = span_for_range(SIZE, 2 * S, 2 * S, S)
+    opener = SpanOpener(KEY, S, SIZE, span, 0)
+    assert opener.feed(STORED[: span.stored_start]) == []
+    with pytest.raises(TamperedError):
+        opener.finish()
+
+
+@pytest.mark.parametrize(
+    "offset", [0, S // 2, S + TAG_SIZE - 1, STRIDE, STRIDE + S, 2 * STRIDE - 1]
+)
+def test_a_flipped_byte_inside_the_span_is_tampered(offset: int) -> None:
+    start, end = S + 1, 2 * S + 1  # segments 1 and 2
+    span = span_for_range(SIZE, start, end, S)
+    damaged = bytearray(STORED)
+    damaged[span.stored_start + offset] ^= 0x01
+    with pytest.raises(TamperedError):
+        open_window(bytes(damaged), SIZE, start, end, 0, len(STORED) - 1)
+
+
+def test_flipped_bytes_outside_the_span_are_dropped_unread() -> None:
+    start, end = S + 1, 2 * S + 1
+    span = span_for_range(SIZE, start, end, S)
+    damaged = bytearray(STORED)
+    damaged[span.stored_start - 1] ^= 0x01
+    damaged[span.stored_end + 1] ^= 0x01
+    assert (
+        open_window(bytes(damaged), SIZE, start, end, 0, len(STORED) - 1) == PLAIN[start : end + 1]
+    )
+
+
+def test_a_span_opener_accepts_memoryviews() -> None:
+    start, end = 5, S + 5
+    span = span_for_range(SIZE, start, end, S)
+    opener = SpanOpener(KEY, S, SIZE, span, 0)
+    view = memoryview(STORED)
+    out = opener.feed(view[:1000]) + opener.feed(view[1000:])
+    out += opener.finish()
+    assert b"".join(out) == PLAIN[start : end + 1]

@@ -30,6 +30,7 @@ from trios3.core.multipart import (
     last_header_offset,
     listing_plaintext_size,
     normalise_etag,
+    parse_part_number,
     part_key,
     part_plaintext_size,
     part_stored_size,
@@ -1596,3 +1597,46 @@ def test_a_read_to_the_end_takes_in_an_empty_last_part(sizes: list[int]) -> None
     with pytest.raises(TamperedError):
         opener.feed(bytes(damaged[opener.window[0] :]))
         opener.finish()
+
+
+# --- the partNumber query value ------------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    ("text", "number"), [("1", 1), ("2", 2), ("9999", 9999), ("10000", 10_000), ("01", 1)]
+)
+def test_part_numbers_from_1_to_10000_are_accepted(text, number):
+    # "01" is read as 1: leading zeros are digits (AWS behaviour not verified here).
+    assert parse_part_number(text) == number
+    assert MAX_PART_NUMBER == 10_000
+
+
+@pytest.mark.parametrize(
+    "text",
+    [
+        "0",
+        "00",
+        "10001",
+        "99999999999999999999",
+        "",
+        None,
+        "-1",
+        "+1",
+        " 1",
+        "1 ",
+        "1.0",
+        "1e3",
+        "0x10",
+        "one",
+        "\u00b2",  # superscript two: str.isdigit() says yes, int() says no
+        "\u0661",  # Arabic-Indic one: int() would read it
+        "\uff11",  # fullwidth one
+    ],
+)
+def test_other_part_numbers_are_invalid_argument(text):
+    with pytest.raises(S3Error) as exc:
+        parse_part_number(text)
+    error = exc.value
+    assert error.code == "InvalidArgument" and error.status == 400
+    assert error.message == "Part number must be an integer between 1 and 10000, inclusive"
+    assert error.fields == {"ArgumentName": "partNumber", "ArgumentValue": text or ""}

@@ -6,7 +6,13 @@ import pytest
 
 from trios3.core import format as fmt
 from trios3.core.errors import S3Error
-from trios3.core.ranges import content_range, parse_range, stored_window
+from trios3.core.ranges import (
+    content_range,
+    parse_content_range,
+    parse_copy_range,
+    parse_range,
+    stored_window,
+)
 
 
 def invalid_range(header: str, size: int) -> S3Error:
@@ -149,3 +155,124 @@ def test_ranges_that_will_be_ignored_or_refused_fetch_everything(header):
 
 def test_a_range_inside_one_segment_fetches_only_that_segment():
     assert stored_window("bytes=5000-5010", 4096) == f"bytes={4112}-{2 * 4112 - 1}"
+
+
+# -- the backend's Content-Range --------------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    ("value", "expected"),
+    [
+        ("bytes 0-0/1", (0, 0, 1)),
+        ("bytes 0-4127/4128", (0, 4127, 4128)),
+        ("bytes 4112-8223/20000", (4112, 8223, 20000)),
+        ("bytes 007-008/010", (7, 8, 10)),
+        ("bytes 0-99999999999999999999/100000000000000000000", (0, 10**20 - 1, 10**20)),
+    ],
+)
+def test_content_range_of_a_backend_206_is_read_as_numbers(value, expected):
+    assert parse_content_range(value) == expected
+
+
+@pytest.mark.parametrize(
+    "value",
+    [
+        None,
+        "",
+        "bytes */10",  # a 416's form: no range was served
+        "bytes 0-9/*",  # unknown total: the proxy needs the stored size
+        "bytes=0-9/10",
+        "bytes 0-9",
+        "items 0-9/10",
+        "BYTES 0-9/10",
+        " bytes 0-9/10",
+        "bytes 0-9/10 ",
+        "bytes  0-9/10",
+        "bytes -9/10",
+        "bytes 0-/10",
+        "bytes 0-9/10, bytes 20-29/10",
+    ],
+)
+def test_unreadable_content_range_is_none(value):
+    assert parse_content_range(value) is None
+
+
+def test_content_range_reads_back_what_content_range_writes():
+    assert parse_content_range(content_range(7, 9, 10)) == (7, 9, 10)
+
+
+# -- UploadPartCopy's x-amz-copy-source-range -------------------------------------------------
+
+
+def test_no_copy_range_copies_the_whole_source():
+    assert parse_copy_range(None, 10) == (0, 9)
+    assert parse_copy_range(None, 1) == (0, 0)
+
+
+@pytest.mark.parametrize(
+    ("value", "expected"),
+    [
+        ("bytes=0-0", (0, 0)),
+        ("bytes=0-9", (0, 9)),
+        ("bytes=3-3", (3, 3)),
+        ("bytes=9-9", (9, 9)),
+        ("bytes=2-7", (2, 7)),
+        ("bytes=002-007", (2, 7)),
+        (" bytes=2-7 ", (2, 7)),  # surrounding whitespace is allowed
+        ("\tbytes=2-7\r\n", (2, 7)),
+    ],
+)
+def test_a_copy_range_is_inclusive_offsets(value, expected):
+    assert parse_copy_range(value, 10) == expected
+
+
+@pytest.mark.parametrize(
+    "value",
+    [
+        "",
+        "bytes=",
+        "bytes=2-",  # unlike Range, both ends are required
+        "bytes=-3",
+        "bytes=a-b",
+        "bytes=1-2,4-5",
+        "bytes= 1-2",
+        "bytes=1 -2",
+        "bytes=1.0-2",
+        "BYTES=1-2",
+        "bytes 1-2",
+        "bytes=+1-2",
+        "bytes=1-2-3",
+    ],
+)
+def test_a_malformed_copy_range_is_invalid_argument(value):
+    with pytest.raises(S3Error) as info:
+        parse_copy_range(value, 10)
+    assert info.value.code == "InvalidArgument" and info.value.status == 400
+    assert "bytes=first-last" in info.value.message
+
+
+@pytest.mark.parametrize("value", ["bytes=5-4", "bytes=10-10", "bytes=0-10", "bytes=9-100"])
+def test_a_copy_range_outside_the_source_or_backwards_is_416(value):
+    with pytest.raises(S3Error) as info:
+        parse_copy_range(value, 10)
+    assert info.value.code == "InvalidRange" and info.value.status == 416
+    assert info.value.message.endswith("source object of size: 10")
+
+
+def test_any_copy_range_of_an_empty_source_is_416():
+    with pytest.raises(S3Error) as info:
+        parse_copy_range("bytes=0-0", 0)
+    assert info.value.status == 416
+
+
+@pytest.mark.xfail(
+    strict=True,
+    reason="LAX, not reachable today (src/trios3/core/ranges.py _COPY_RANGE): \\d matches any "
+    "Unicode decimal digit, so parse_copy_range reads non-ASCII digits where parse_range "
+    "refuses them ([0-9]); app.py decodes headers as latin-1, which holds none.",
+)
+@pytest.mark.parametrize("value", ["bytes=\u0661-\u0662", "bytes=\uff11-\uff12"])
+def test_a_copy_range_in_non_ascii_digits_is_invalid_argument(value):
+    with pytest.raises(S3Error) as info:
+        parse_copy_range(value, 10)
+    assert info.value.code == "InvalidArgument"

@@ -5,7 +5,14 @@ from __future__ import annotations
 import pytest
 
 from trios3.core.errors import S3Error
-from trios3.core.routing import BUCKET_SUBRESOURCES, OPERATIONS, Target, resolve_target
+from trios3.core.routing import (
+    BUCKET_SUBRESOURCES,
+    OPERATIONS,
+    CopySource,
+    Target,
+    parse_copy_source,
+    resolve_target,
+)
 
 DOMAIN = "s3.example.com"
 
@@ -336,3 +343,83 @@ def test_virtual_hosted_key_too_long():
 
 def test_operations_constant_names_every_route():
     assert len(OPERATIONS) == 25
+
+
+# -- x-amz-copy-source ------------------------------------------------------------------------
+
+
+def copy_source_error(value: str) -> S3Error:
+    with pytest.raises(S3Error) as info:
+        parse_copy_source(value)
+    assert info.value.code == "InvalidArgument" and info.value.status == 400
+    return info.value
+
+
+@pytest.mark.parametrize("value", ["bkt/key", "/bkt/key"])
+def test_copy_source_leading_slash_is_optional(value):
+    assert parse_copy_source(value) == CopySource("bkt", "key", None)
+
+
+def test_copy_source_key_keeps_its_slashes():
+    assert parse_copy_source("/bkt/a/b/c.txt") == CopySource("bkt", "a/b/c.txt", None)
+    assert parse_copy_source("bkt//k").key == "/k"
+
+
+def test_copy_source_is_percent_decoded():
+    source = parse_copy_source("/bkt/dir%2Fa%20b%2Bc%3Fd%E2%82%AC")
+    assert source == CopySource("bkt", "dir/a b+c?d\u20ac", None)
+    assert parse_copy_source("bkt%2Fkey") == CopySource("bkt", "key", None)
+
+
+def test_copy_source_plus_is_a_literal_plus():
+    assert parse_copy_source("bkt/a+b").key == "a+b"
+
+
+def test_copy_source_version_id_is_read_and_decoded():
+    assert parse_copy_source("/bkt/key?versionId=3HL4kqtJ") == CopySource("bkt", "key", "3HL4kqtJ")
+    assert parse_copy_source("bkt/key?versionId=a%2Bb%3D").version == "a+b="
+
+
+def test_copy_source_key_may_hold_an_encoded_question_mark_and_a_version():
+    assert parse_copy_source("bkt/what%3F?versionId=v") == CopySource("bkt", "what?", "v")
+
+
+@pytest.mark.parametrize(
+    "value", ["", "/", "bkt", "/bkt", "bkt/", "/bkt/", "/key-only?versionId=v"]
+)
+def test_copy_source_without_bucket_and_key_is_invalid_argument(value):
+    error = copy_source_error(value)
+    assert "sourcebucket/sourcekey" in error.message
+
+
+def test_copy_source_without_a_bucket_is_invalid_argument():
+    assert "sourcebucket/sourcekey" in copy_source_error("//key").message
+
+
+@pytest.mark.parametrize(
+    "value",
+    ["bkt/key?partNumber=1", "bkt/key?versionid=v", "bkt/key?versionId", "bkt/key?versionId="],
+)
+def test_copy_source_with_an_unknown_or_empty_parameter_is_invalid_argument(value):
+    assert copy_source_error(value).message == "Unsupported copy source parameter."
+
+
+@pytest.mark.xfail(
+    strict=True,
+    reason="BUG (src/trios3/core/routing.py parse_copy_source): the query is split on the "
+    "first '=' only, so a second parameter after '&' is swallowed into the version id "
+    "('v&partNumber=1') instead of being refused.",
+)
+def test_copy_source_with_a_second_parameter_is_invalid_argument():
+    copy_source_error("bkt/key?versionId=v&partNumber=1")
+
+
+@pytest.mark.xfail(
+    strict=True,
+    reason="BUG (src/trios3/core/routing.py parse_copy_source): unquote() replaces invalid "
+    "UTF-8 with U+FFFD, so 'caf%E9' names the key 'caf\\ufffd'; the request path is "
+    "decoded strictly (_decode: InvalidURI).",
+)
+def test_copy_source_that_is_not_utf8_is_refused():
+    with pytest.raises(S3Error):
+        parse_copy_source("bkt/caf%E9")

@@ -13,9 +13,13 @@ from botocore.credentials import Credentials
 from trios3.core.errors import S3Error
 from trios3.core.sigv4 import (
     EMPTY_SHA256,
+    PAYLOAD_LITERALS,
+    STREAMING_MODES,
+    UNSIGNED_PAYLOAD,
     RequestAuth,
     SigningScope,
     canonical_query_string,
+    check_signed_headers,
     chunk_signature,
     derive_signing_key,
     parse_auth,
@@ -550,3 +554,78 @@ def test_presigned_sigv4a_is_not_implemented():
     with pytest.raises(S3Error) as exc:
         parse_auth("GET", "/test.txt", query, [("host", HOST)])
     assert exc.value.code == "NotImplemented"
+
+
+# -- which headers must be signed -------------------------------------------------------------
+
+
+def _signed(*names: str, presigned: bool = False) -> RequestAuth:
+    return RequestAuth(
+        "AK", DOC_SCOPE, names, GOOD_SIG, DOC_DATE, presigned, None, UNSIGNED_PAYLOAD
+    )
+
+
+def _headers_not_signed(headers, auth) -> S3Error:
+    with pytest.raises(S3Error) as exc:
+        check_signed_headers(headers, auth)
+    assert exc.value.code == "AccessDenied" and exc.value.status == 403
+    assert exc.value.message == "There were headers present in the request which were not signed"
+    return exc.value
+
+
+def test_signed_x_amz_headers_pass():
+    auth = _signed("host", "x-amz-copy-source", "x-amz-date", "x-amz-meta-a")
+    headers = {
+        "host": HOST,
+        "x-amz-copy-source": "b/k",
+        "x-amz-date": DOC_DATE,
+        "x-amz-meta-a": "1",
+    }
+    assert check_signed_headers(headers, auth) is None
+
+
+def test_x_amz_content_sha256_may_go_unsigned():
+    headers = {"host": HOST, "x-amz-content-sha256": UNSIGNED_PAYLOAD}
+    assert check_signed_headers(headers, _signed("host")) is None
+
+
+def test_headers_other_than_x_amz_may_go_unsigned():
+    headers = {"host": HOST, "content-type": "text/plain", "range": "bytes=0-1", "x-amzfoo": "1"}
+    assert check_signed_headers(headers, _signed("host")) is None
+    assert check_signed_headers({}, _signed()) is None
+
+
+def test_an_unsigned_x_amz_header_is_access_denied():
+    error = _headers_not_signed({"host": HOST, "x-amz-copy-source": "b/k"}, _signed("host"))
+    assert error.fields == {"HeadersNotSigned": "x-amz-copy-source"}
+
+
+def test_every_unsigned_x_amz_header_is_listed_sorted():
+    headers = {
+        "x-amz-tagging": "a=b",
+        "host": HOST,
+        "x-amz-content-sha256": UNSIGNED_PAYLOAD,
+        "x-amz-acl": "public-read",
+        "x-amz-date": DOC_DATE,
+        "x-amz-meta-z": "1",
+        "content-type": "text/plain",
+    }
+    error = _headers_not_signed(headers, _signed("host", "x-amz-date"))
+    assert error.fields == {"HeadersNotSigned": "x-amz-acl, x-amz-meta-z, x-amz-tagging"}
+
+
+def test_a_presigned_url_cannot_be_turned_into_a_copy():
+    auth = _signed("host", presigned=True)
+    error = _headers_not_signed(["host", "x-amz-copy-source"], auth)
+    assert error.fields == {"HeadersNotSigned": "x-amz-copy-source"}
+
+
+def test_streaming_modes_are_the_three_aws_chunked_payload_literals():
+    assert sorted(STREAMING_MODES) == [
+        "STREAMING-AWS4-HMAC-SHA256-PAYLOAD",
+        "STREAMING-AWS4-HMAC-SHA256-PAYLOAD-TRAILER",
+        "STREAMING-UNSIGNED-PAYLOAD-TRAILER",
+    ]
+    assert STREAMING_MODES < PAYLOAD_LITERALS
+    assert sorted(PAYLOAD_LITERALS - STREAMING_MODES) == [UNSIGNED_PAYLOAD]
+    assert EMPTY_SHA256 not in STREAMING_MODES

@@ -18,7 +18,7 @@ from botocore.awsrequest import AWSRequest
 from botocore.credentials import Credentials
 from botocore.exceptions import ClientError
 
-from conftest import code, scratch_bucket, status
+from harness import code, scratch_bucket, status
 
 pytestmark = pytest.mark.integration
 

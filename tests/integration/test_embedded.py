@@ -11,7 +11,7 @@ from pathlib import Path
 
 import pytest
 
-from conftest import Endpoint, _wait_port
+from harness import Endpoint, wait_port
 from trios3.embedded import free_ports
 
 pytestmark = pytest.mark.integration
@@ -44,7 +44,7 @@ def _serve(data_dir: Path, port: int) -> tuple[subprocess.Popen, Endpoint]:
     access = re.search(r"AWS_ACCESS_KEY_ID=(\S+)", text)
     secret = re.search(r"AWS_SECRET_ACCESS_KEY=(\S+)", text)
     assert access and secret, text
-    _wait_port(port, process, "trios3")
+    wait_port(port, process, "trios3")
     return process, Endpoint(f"http://127.0.0.1:{port}", access.group(1), secret.group(1))
 
 

@@ -19,7 +19,7 @@ from botocore.awsrequest import AWSRequest
 from botocore.credentials import Credentials
 from botocore.exceptions import ClientError
 
-from conftest import code, new_key, scratch_bucket, status
+from harness import code, new_key, scratch_bucket, status
 from trios3.core.sigv4 import SigningScope, chunk_signature, derive_signing_key
 
 pytestmark = pytest.mark.integration

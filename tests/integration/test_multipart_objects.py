@@ -16,7 +16,7 @@ import pytest
 from boto3.s3.transfer import TransferConfig
 from botocore.exceptions import ClientError, ResponseStreamingError
 
-from conftest import code, new_key, scratch_bucket, set_metadata, status
+from harness import code, new_key, scratch_bucket, set_metadata, status
 from trios3.core import format as fmt
 from trios3.core import multipart as mp
 

@@ -8,7 +8,7 @@ import uuid
 
 import pytest
 
-from conftest import _stop, scratch_bucket, start_proxy
+from harness import scratch_bucket, start_proxy, stop_process
 from trios3.core.keys import MasterKey
 
 pytestmark = pytest.mark.integration
@@ -51,7 +51,7 @@ def test_parts_alternate_between_replicas_and_survive_a_restart(seaweedfs, tmp_p
 
         etags = {1: put(a, 1), 2: put(b, 2)}
         # Replica a goes away between two parts; its replacement knows nothing of the upload.
-        _stop(process_a)
+        stop_process(process_a)
         _, a = replica("a2")
         etags[3] = put(a, 3)
         etags[4] = put(b, 4)
@@ -72,5 +72,5 @@ def test_parts_alternate_between_replicas_and_survive_a_restart(seaweedfs, tmp_p
             assert got["Body"].read() == data[5 * MiB - 1 : 10 * MiB + 1]
     finally:
         for process, log in running:
-            _stop(process)
+            stop_process(process)
             log.close()

@@ -22,7 +22,7 @@ from botocore.credentials import Credentials
 from botocore.exceptions import BotoCoreError, ClientError
 from urllib3.exceptions import HTTPError as Urllib3Error
 
-from conftest import code, new_key, scratch_bucket, set_metadata, status
+from harness import code, new_key, scratch_bucket, set_metadata, status
 from trios3.core import format as fmt
 
 pytestmark = pytest.mark.integration

@@ -10,7 +10,7 @@ import httpx
 import pytest
 from prometheus_client.parser import text_string_to_metric_families
 
-from conftest import _stop, running_seaweedfs, scratch_bucket, start_proxy
+from harness import running_seaweedfs, scratch_bucket, start_proxy, stop_process
 
 pytestmark = pytest.mark.integration
 
@@ -70,7 +70,7 @@ def test_health_readiness_and_metrics_after_known_requests(seaweedfs, tmp_path, 
         for secret in (endpoint.secret_key, endpoint.master_key, endpoint.access_key, bucket):
             assert secret not in text
     finally:
-        _stop(process)
+        stop_process(process)
         log.close()
 
 
@@ -86,7 +86,7 @@ def test_readiness_goes_false_when_the_backend_stops(tmp_path):
         assert response.text.startswith("not ready")
         assert httpx.get(endpoint.url + "/healthz").status_code == 200  # alive all the same
     finally:
-        _stop(process)
+        stop_process(process)
         log.close()
 
 
@@ -134,7 +134,7 @@ def test_sigterm_lets_streams_finish_then_exits_zero(seaweedfs, tmp_path, bucket
         assert re.search(r"op=GetObject .*status=200", text)
     finally:
         if process.poll() is None:
-            _stop(process)
+            stop_process(process)
         log.close()
 
 
@@ -148,7 +148,7 @@ def test_json_logs_one_line_per_request_without_secrets(seaweedfs, tmp_path, buc
         s3.put_object(Bucket=bucket, Key="dir/ob ject", Body=data)
         assert s3.get_object(Bucket=bucket, Key="dir/ob ject")["Body"].read() == data
     finally:
-        _stop(process)
+        stop_process(process)
         log.close()
     text = (tmp_path / "proxy.log").read_text()
     lines = [json.loads(line) for line in text.splitlines() if line.startswith("{")]
@@ -191,5 +191,5 @@ def test_connections_past_the_cap_wait_to_be_accepted(seaweedfs, tmp_path):
     finally:
         for sock in held:
             sock.close()
-        _stop(process)
+        stop_process(process)
         log.close()

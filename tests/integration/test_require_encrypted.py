@@ -7,7 +7,7 @@ import uuid
 import pytest
 from botocore.exceptions import ClientError
 
-from conftest import _stop, scratch_bucket, start_proxy
+from harness import scratch_bucket, start_proxy, stop_process
 
 pytestmark = pytest.mark.integration
 
@@ -18,7 +18,7 @@ def strict_proxy(seaweedfs, tmp_path_factory):
         seaweedfs, tmp_path_factory.mktemp("strict"), extra=["--require-encrypted"]
     )
     yield endpoint
-    _stop(process)
+    stop_process(process)
     log.close()
 
 

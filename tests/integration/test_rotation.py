@@ -11,7 +11,7 @@ import sys
 
 import pytest
 
-from conftest import _stop, scratch_bucket, set_metadata, start_proxy
+from harness import scratch_bucket, set_metadata, start_proxy, stop_process
 from trios3.core.keys import MasterKey
 
 pytestmark = pytest.mark.integration
@@ -86,7 +86,7 @@ def test_rotate_rewrap_resume_and_retire_the_old_key(seaweedfs, tmp_path, bucket
         objects["multi"] = b"".join(multipart)
         objects["single-md5"] = with_md5
     finally:
-        _stop(process)
+        stop_process(process)
         log.close()
     backend.put_object(Bucket=bucket, Key="plain", Body=b"not encrypted")
     etags = {k: backend.head_object(Bucket=bucket, Key=k)["ETag"] for k in objects}
@@ -102,7 +102,7 @@ def test_rotate_rewrap_resume_and_retire_the_old_key(seaweedfs, tmp_path, bucket
             assert s3.get_object(Bucket=bucket, Key=key)["Body"].read() == data
         s3.put_object(Bucket=bucket, Key="written-under-b", Body=b"new")
     finally:
-        _stop(process)
+        stop_process(process)
         log.close()
 
     url = f"s3://{bucket}"
@@ -164,7 +164,7 @@ def test_rotate_rewrap_resume_and_retire_the_old_key(seaweedfs, tmp_path, bucket
         listed = {o["Key"]: o["Size"] for o in s3.list_objects_v2(Bucket=bucket)["Contents"]}
         assert all(listed[k] == len(d) for k, d in objects.items())
     finally:
-        _stop(process)
+        stop_process(process)
         log.close()
 
 
@@ -194,5 +194,5 @@ def test_rewrap_seals_an_md5chksum_left_in_the_clear(seaweedfs, tmp_path, bucket
         got = endpoint.client().get_object(Bucket=bucket, Key="old")
         assert (got["Body"].read(), got["Metadata"]) == (data, {"md5chksum": md5_b64(data)})
     finally:
-        _stop(process)
+        stop_process(process)
         log.close()

@@ -10,7 +10,7 @@ from botocore.auth import S3SigV4Auth
 from botocore.awsrequest import AWSRequest
 from botocore.credentials import Credentials
 
-from conftest import _stop, start_proxy
+from harness import start_proxy, stop_process
 
 pytestmark = pytest.mark.integration
 
@@ -25,7 +25,7 @@ def vhost_proxy(seaweedfs, tmp_path_factory):
         extra=["--virtual-host-domain", DOMAIN],
     )
     yield endpoint
-    _stop(process)
+    stop_process(process)
     log.close()
 
 

@@ -133,21 +133,9 @@ class FakeBackend:
     async def _requests(self, client, upstream, rest: bytes, script, nursery) -> None:
         """Client to upstream; the client closing ends the connection."""
         limit = script.after if script is not None and script.action == "drop" else None
-        sent = 0
-        data = rest
-        while True:
-            if limit is not None and sent + len(data) >= limit:
-                await upstream.send_all(data[: limit - sent])
-                script.triggered.set()
-                nursery.cancel_scope.cancel()  # close both sides, no answer
-                return
-            if data:
-                await upstream.send_all(data)
-                sent += len(data)
-            data = await client.receive_some(65536)
-            if not data:
-                nursery.cancel_scope.cancel()
-                return
+        if await _relay(client, upstream, rest, limit):
+            script.triggered.set()  # then close both sides, no answer
+        nursery.cancel_scope.cancel()
 
     async def _responses(self, upstream, client, script) -> None:
         """Upstream to client, cut or stalled as the script says."""
@@ -158,20 +146,26 @@ class FakeBackend:
         limit = None
         if script is not None and script.action in ("cut", "stall"):
             limit = script.after
-        sent = 0
-        while True:
-            if limit is not None and sent + len(body) >= limit:
-                await client.send_all(body[: limit - sent])
-                script.triggered.set()
-                if script.action == "stall":
-                    await trio.sleep_forever()  # until the client closes (see _requests)
-                return
-            if body:
-                await client.send_all(body)
-                sent += len(body)
-            body = await upstream.receive_some(65536)
-            if not body:
-                return
+        if await _relay(upstream, client, body, limit):
+            script.triggered.set()
+            if script.action == "stall":
+                await trio.sleep_forever()  # until the client closes (see _requests)
+
+
+async def _relay(source, sink, data: bytes, limit: int | None) -> bool:
+    """Send ``data``, then what ``source`` sends, to ``sink``: True once ``limit`` bytes are
+    sent, False when ``source`` closes first."""
+    sent = 0
+    while True:
+        if limit is not None and sent + len(data) >= limit:
+            await sink.send_all(data[: limit - sent])
+            return True
+        if data:
+            await sink.send_all(data)
+            sent += len(data)
+        data = await source.receive_some(65536)
+        if not data:
+            return False
 
 
 async def _read_head(stream) -> tuple[bytes | None, bytes]:

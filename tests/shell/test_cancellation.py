@@ -1,162 +1,44 @@
 """Client disconnects and a spent budget, driven through the real ASGI app and a real backend.
 
-The app is built in-process in front of the session's SeaweedFS. An in-process ASGI harness
-(:class:`AsgiCall`) plays hypercorn's part: ``receive()`` yields ``http.request`` messages from
-a bounded queue and then ``http.disconnect``; ``send()`` hands response messages over an
-unbuffered channel (so the app blocks until the test reads, like a socket with backpressure)
-and returns silently once the client is gone. One test goes through hypercorn and a real
-socket. The backend is real, so these tests use the real clock under ``trio.fail_after``.
+The app is built in-process in front of the session's SeaweedFS, and each request is played
+by :class:`inprocess.AsgiCall` as hypercorn would (a bounded request queue, an unbuffered
+response channel, sends that vanish once the client is gone). One test goes through hypercorn
+and a real socket. The backend is real, so these tests use the real clock under
+``trio.fail_after``.
 """
 
 from __future__ import annotations
 
 import os
 import uuid
-from collections.abc import AsyncIterator, Sequence
-from contextlib import asynccontextmanager
-from datetime import UTC, datetime
 from functools import partial
-from types import SimpleNamespace
-from urllib.parse import unquote
 
 import pytest
 import trio
 import trio.testing
-from hypercorn.trio import serve as hypercorn_serve
+from inprocess import (
+    PIECE,
+    Observed,
+    busy_connections,
+    feed,
+    open_call,
+    raw_request,
+    served,
+)
 
-from trios3.app import ProxySettings, S3Proxy
-from trios3.backend import Backend, BackendSettings, open_backend
+from harness import scratch_bucket
+from trios3.app import S3Proxy
+from trios3.backend import Backend
 from trios3.core import sigv4
-from trios3.core.keys import Keyring, MasterKey
-from trios3.ops.objects import stream_window
-from trios3.serve import hypercorn_config, listening_socket
+from trios3.ops.streaming import lease_bytes
 
 pytestmark = pytest.mark.integration
 
-ACCESS_KEY = "shellclient"
-SECRET_KEY = "shellsecret-" + uuid.uuid4().hex
-REGION = "us-east-1"
-HOST = "proxy.test"
-PIECE = 64 * 1024
 LARGE = 8 * 1024 * 1024
-QUEUE = 10  # hypercorn's max_app_queue_size
-
-
-# -- the in-process ASGI harness --------------------------------------------------------------
-
-
-class AsgiCall:
-    """One HTTP request to an ASGI app, with hypercorn's receive/send semantics."""
-
-    def __init__(self) -> None:
-        self._in_send, self._in_recv = trio.open_memory_channel[dict](QUEUE)
-        self._out_send, self._out_recv = trio.open_memory_channel[dict](0)
-        self.disconnected = False
-        self.sends_after_disconnect = 0
-        self.done = trio.Event()
-
-    async def receive(self) -> dict:
-        try:
-            return await self._in_recv.receive()
-        except trio.EndOfChannel:
-            return {"type": "http.disconnect"}
-
-    async def send(self, message: dict) -> None:
-        if self.disconnected:
-            self.sends_after_disconnect += 1
-            return
-        try:
-            await self._out_send.send(message)
-        except (trio.BrokenResourceError, trio.ClosedResourceError):
-            self.sends_after_disconnect += 1
-            return  # the client went away while the app was sending
-
-    async def send_body(self, data: bytes, *, more: bool) -> None:
-        """Blocks while the app has QUEUE unread messages (TCP backpressure)."""
-        await self._in_send.send({"type": "http.request", "body": data, "more_body": more})
-
-    def disconnect(self) -> None:
-        """The client is gone: queued body messages, then ``http.disconnect``; sends vanish."""
-        self.disconnected = True
-        self._in_send.close()
-        self._out_recv.close()
-
-    async def receive_frame(self) -> dict:
-        return await self._out_recv.receive()
-
-    async def read_response(self) -> tuple[int, dict[str, str], bytes]:
-        start = await self.receive_frame()
-        assert start["type"] == "http.response.start"
-        headers = {n.decode("latin-1"): v.decode("latin-1") for n, v in start["headers"]}
-        parts = []
-        while True:
-            frame = await self.receive_frame()
-            assert frame["type"] == "http.response.body"
-            parts.append(frame.get("body", b""))
-            if not frame.get("more_body", False):
-                break
-        return start["status"], headers, b"".join(parts)
-
-
-def signed_headers(
-    method: str,
-    path: str,
-    headers: Sequence[tuple[str, str]] = (),
-    payload_hash: str = sigv4.EMPTY_SHA256,
-    host: str = HOST,
-) -> list[tuple[str, str]]:
-    out = [("host", host), *headers]
-    out += sigv4.sign_request(
-        method, path, [], out, payload_hash, ACCESS_KEY, SECRET_KEY, REGION, datetime.now(UTC)
-    )
-    return out
-
-
-def http_scope(method: str, path: str, headers: Sequence[tuple[str, str]]) -> dict:
-    """The ASGI scope hypercorn would build for this request line and these headers."""
-    return {
-        "type": "http",
-        "asgi": {"version": "3.0", "spec_version": "2.3"},
-        "http_version": "1.1",
-        "method": method,
-        "scheme": "http",
-        "path": unquote(path),
-        "raw_path": path.encode("ascii"),
-        "query_string": b"",
-        "root_path": "",
-        "headers": [(n.encode("latin-1"), v.encode("latin-1")) for n, v in headers],
-        "client": ("127.0.0.1", 50000),
-        "server": ("127.0.0.1", 80),
-    }
-
-
-@asynccontextmanager
-async def asgi_call(
-    app, method: str, path: str, headers: Sequence[tuple[str, str]] = (), **sign
-) -> AsyncIterator[AsgiCall]:
-    """Run ``app`` for one request; leaving the block waits (bounded) for the app to return."""
-    scope = http_scope(method, path, signed_headers(method, path, headers, **sign))
-    call = AsgiCall()
-
-    async def run_app() -> None:
-        try:
-            await app(scope, call.receive, call.send)
-        finally:
-            call.done.set()
-
-    async with trio.open_nursery() as nursery:
-        nursery.start_soon(run_app)
-        yield call
-        with trio.fail_after(30):
-            await call.done.wait()
+asgi_call = partial(open_call, returns_within=30)
 
 
 # -- helpers ----------------------------------------------------------------------------------
-
-
-def busy_connections(backend: Backend) -> list:
-    pool = backend._client._transport._pool
-    return [c for c in pool.connections if not (c.is_idle() or c.is_closed())]
 
 
 def assert_clean(app: S3Proxy, backend: Backend) -> None:
@@ -170,16 +52,12 @@ def assert_clean(app: S3Proxy, backend: Backend) -> None:
 async def put(app, bucket: str, key: str, data: bytes) -> tuple[int, dict[str, str], bytes]:
     path = f"/{bucket}/{key}"
     headers = [("content-length", str(len(data)))]
-    async with asgi_call(app, "PUT", path, headers, payload_hash=sigv4.UNSIGNED_PAYLOAD) as call:
-        pieces = [data[i : i + PIECE] for i in range(0, len(data), PIECE)] or [b""]
-
-        async def feed() -> None:
-            for i, piece in enumerate(pieces):
-                await call.send_body(piece, more=i < len(pieces) - 1)
-
-        async with trio.open_nursery() as nursery:
-            nursery.start_soon(feed)
-            response = await call.read_response()
+    async with (
+        asgi_call(app, "PUT", path, headers, payload_hash=sigv4.UNSIGNED_PAYLOAD) as call,
+        trio.open_nursery() as nursery,
+    ):
+        nursery.start_soon(feed, call, data, None)
+        response = await call.read_response()
     return response
 
 
@@ -219,35 +97,6 @@ async def assert_still_works(app, backend, bucket: str) -> None:
 
 
 @pytest.fixture
-def backend_settings(seaweedfs) -> BackendSettings:
-    return BackendSettings(seaweedfs.url, REGION, seaweedfs.access_key, seaweedfs.secret_key)
-
-
-@pytest.fixture
-async def backend(backend_settings):
-    async with open_backend(backend_settings) as client:
-        yield client
-
-
-@pytest.fixture
-def make_app(backend, backend_settings):
-    keyring = Keyring([MasterKey(MasterKey.generate())])
-
-    def make(**settings) -> S3Proxy:
-        return S3Proxy(
-            ProxySettings(
-                credentials={ACCESS_KEY: SECRET_KEY},
-                keyring=keyring,
-                backend=backend_settings,
-                **settings,
-            ),
-            backend,
-        )
-
-    return make
-
-
-@pytest.fixture
 def app(make_app) -> S3Proxy:
     return make_app()
 
@@ -255,13 +104,7 @@ def app(make_app) -> S3Proxy:
 @pytest.fixture
 def raw_bucket(seaweedfs):
     """A fresh bucket made straight at SeaweedFS; emptied and removed afterwards."""
-    client = seaweedfs.client()
-    name = "shell-" + uuid.uuid4().hex[:12]
-    client.create_bucket(Bucket=name)
-    yield name
-    for item in client.list_objects_v2(Bucket=name).get("Contents", []):
-        client.delete_object(Bucket=name, Key=item["Key"])
-    client.delete_bucket(Bucket=name)
+    yield from scratch_bucket(seaweedfs, "shell")
 
 
 @pytest.fixture
@@ -368,7 +211,7 @@ async def test_put_disconnect_before_any_body_stores_nothing(app, backend, raw_b
 
 @pytest.mark.parametrize("method", ["PUT", "GET"])
 async def test_spent_budget_waits_then_slowdown(make_app, backend, raw_bucket, method):
-    window = stream_window(64 * 1024)
+    window = lease_bytes(64 * 1024)
     app = make_app(memory_budget=window, admission_timeout=0.5)
     status, _, _ = await put(app, raw_bucket, "small", b"x" * 1000)
     assert status == 200
@@ -398,29 +241,6 @@ async def test_spent_budget_waits_then_slowdown(make_app, backend, raw_bucket, m
 # -- through hypercorn and a real socket ------------------------------------------------------
 
 
-class Observed:
-    """Wraps the app to note when each HTTP request's call returns and what it sent."""
-
-    def __init__(self, app) -> None:
-        self.app = app
-        self.finished = trio.Event()
-        self.body_bytes = 0
-
-    async def __call__(self, scope, receive, send) -> None:
-        if scope["type"] != "http":
-            await self.app(scope, receive, send)
-            return
-
-        async def counting_send(message) -> None:
-            self.body_bytes += len(message.get("body", b""))
-            await send(message)
-
-        try:
-            await self.app(scope, receive, counting_send)
-        finally:
-            self.finished.set()
-
-
 async def test_socket_client_closes_mid_get(make_app, backend, raw_bucket):
     size = 48 * 1024 * 1024
     app = make_app()
@@ -429,33 +249,24 @@ async def test_socket_client_closes_mid_get(make_app, backend, raw_bucket):
         status, _, _ = await put(app, raw_bucket, "huge", data)
     assert status == 200
     observed = Observed(app)
-    settings = SimpleNamespace(listen="127.0.0.1:0", tls_cert=None, tls_key=None)
-    with listening_socket(settings.listen, send_timeout=30) as sock:
-        config = hypercorn_config(settings, sock)
-        async with trio.open_nursery() as nursery:
-            binds = await nursery.start(partial(hypercorn_serve, observed, config))
-            port = int(binds[0].rsplit(":", 1)[1])
-            host = f"127.0.0.1:{port}"
-            headers = signed_headers("GET", f"/{raw_bucket}/huge", host=host)
-            request = f"GET /{raw_bucket}/huge HTTP/1.1\r\n"
-            request += "".join(f"{n}: {v}\r\n" for n, v in headers) + "\r\n"
-            stream = await trio.open_tcp_stream("127.0.0.1", port)
-            got = b""
-            with trio.fail_after(30):
-                await stream.send_all(request.encode("latin-1"))
-                while b"\r\n\r\n" not in got or len(got) < 256 * 1024:
-                    chunk = await stream.receive_some(65536)
-                    assert chunk, "the server closed first"
-                    got += chunk
-            head, _, first = got.partition(b"\r\n\r\n")
-            assert head.startswith(b"HTTP/1.1 200")
-            assert first == data[: len(first)]
-            await stream.aclose()
-            with trio.fail_after(10):
-                await observed.finished.wait()
-            assert app.budget.in_use == 0
-            assert busy_connections(backend) == []
-            # The request was cut, not streamed to its end into the void.
-            assert observed.body_bytes < size
-            nursery.cancel_scope.cancel()
+    async with served(observed, send_timeout=30) as port:
+        request = raw_request("GET", f"/{raw_bucket}/huge", port)
+        stream = await trio.open_tcp_stream("127.0.0.1", port)
+        got = b""
+        with trio.fail_after(30):
+            await stream.send_all(request)
+            while b"\r\n\r\n" not in got or len(got) < 256 * 1024:
+                chunk = await stream.receive_some(65536)
+                assert chunk, "the server closed first"
+                got += chunk
+        head, _, first = got.partition(b"\r\n\r\n")
+        assert head.startswith(b"HTTP/1.1 200")
+        assert first == data[: len(first)]
+        await stream.aclose()
+        with trio.fail_after(10):
+            await observed.finished.wait()
+        assert app.budget.in_use == 0
+        assert busy_connections(backend) == []
+        # The request was cut, not streamed to its end into the void.
+        assert observed.body_bytes < size
     await assert_still_works(app, backend, raw_bucket)

@@ -11,9 +11,9 @@ as they should, and a later PUT + GET through the same app still works. A write 
 complete stored nothing: no object, or for UploadPart no part in the backend upload (which
 then still takes the part and completes).
 
-The in-process harness (:class:`Call`) plays hypercorn's part as in ``test_cancellation``, and
-also owns the cancel scope the app runs in (a server shutdown cancels it) and closes the
-response channel when the app returns (a client reading sees the connection end). Backend
+Each request is played by :class:`inprocess.AsgiCall` as hypercorn would, which also owns the
+cancel scope the app runs in (a server shutdown cancels it) and closes the response channel
+when the app returns (a client reading sees the connection end). Backend
 failures come from :mod:`fake_backend`, which forwards to the real SeaweedFS and misbehaves on
 one scripted request (for a multipart GET, which reads its object several times, on the read
 of the data window). Real sockets everywhere, so the real clock under ``trio.fail_after``.
@@ -26,47 +26,42 @@ from __future__ import annotations
 import os
 import socket
 import uuid
-from collections.abc import AsyncIterator, Sequence
-from contextlib import AsyncExitStack, asynccontextmanager
+from collections.abc import Sequence
+from contextlib import AsyncExitStack
 from dataclasses import dataclass
-from datetime import UTC, datetime
-from functools import partial
-from types import SimpleNamespace
 
 import pytest
 import trio
 import trio.testing
 from fake_backend import FakeBackend, fake_backend
-from hypercorn.trio import serve as hypercorn_serve
-from test_cancellation import (
-    ACCESS_KEY,
-    HOST,
+from inprocess import (
     PIECE,
-    REGION,
-    SECRET_KEY,
     AsgiCall,
     Observed,
+    backend_settings,
     busy_connections,
-    http_scope,
-    signed_headers,
+    feed,
+    live_tasks,
+    open_call,
+    proxy_app,
+    raw_request,
+    served,
 )
 
-from trios3.app import ProxySettings, S3Proxy
-from trios3.backend import Backend, BackendSettings, open_backend
+from harness import scratch_bucket
+from trios3.app import S3Proxy
+from trios3.backend import Backend, open_backend
 from trios3.core import format as fmt
 from trios3.core import multipart as mp
 from trios3.core import sigv4
-from trios3.core.keys import Keyring, MasterKey
 from trios3.core.s3xml import parse_initiate_result, parse_list_parts
-from trios3.ops.objects import stream_window
-from trios3.serve import hypercorn_config, listening_socket
+from trios3.ops.streaming import lease_bytes
 
 pytestmark = pytest.mark.integration
 
-KEYRING = Keyring([MasterKey(MasterKey.generate())])
 SIZE = 2 * 1024 * 1024  # 16 body messages of one 128 KiB segment each
 SEGMENT = fmt.DEFAULT_SEGMENT_SIZE
-WINDOW = stream_window(SEGMENT)
+WINDOW = lease_bytes(SEGMENT)
 RANGE = (200_000, 1_500_000)
 MiB = 1024 * 1024
 PARTS = (5 * MiB, 1 * MiB)  # the multipart object's part sizes
@@ -90,98 +85,6 @@ OPS = [
 MULTIPART_GETS = ["get_multipart", "range_multipart"]
 STREAMED_GETS = ["get", "range", *MULTIPART_GETS]
 UPLOADS = ["put", "upload_part"]  # the ops whose client sends a body
-
-
-# -- the harness ------------------------------------------------------------------------------
-
-
-class Call(AsgiCall):
-    """An :class:`AsgiCall` whose app runs in ``scope`` and whose end the client can see."""
-
-    def __init__(self) -> None:
-        super().__init__()
-        self.scope = trio.CancelScope()
-        self.returned = False
-
-    def shutdown(self) -> None:
-        """The server stops: what hypercorn's nursery does to the app's task."""
-        self.scope.cancel()
-
-    async def read_until_closed(self) -> tuple[dict | None, bytes, bool]:
-        """(status message, body bytes, whether the response was finished), read until the
-        app returns."""
-        start, parts, finished = None, [], False
-        while True:
-            try:
-                frame = await self.receive_frame()
-            except (trio.EndOfChannel, trio.ClosedResourceError):
-                return start, b"".join(parts), finished
-            if frame["type"] == "http.response.start":
-                start = frame
-            else:
-                parts.append(frame.get("body", b""))
-                finished = not frame.get("more_body", False)
-
-
-def signed_query_headers(
-    method: str,
-    path: str,
-    query: Sequence[tuple[str, str]],
-    headers: Sequence[tuple[str, str]] = (),
-    payload_hash: str = sigv4.EMPTY_SHA256,
-) -> list[tuple[str, str]]:
-    """``signed_headers`` for a request with a query string."""
-    out = [("host", HOST), *headers]
-    out += sigv4.sign_request(
-        method, path, query, out, payload_hash, ACCESS_KEY, SECRET_KEY, REGION, datetime.now(UTC)
-    )
-    return out
-
-
-@asynccontextmanager
-async def open_call(
-    app,
-    method: str,
-    path: str,
-    headers: Sequence[tuple[str, str]] = (),
-    query: Sequence[tuple[str, str]] = (),
-    **sign,
-) -> AsyncIterator[Call]:
-    """Run ``app`` for one request; leaving the block waits (bounded) for it to return."""
-    if query:
-        scope = http_scope(method, path, signed_query_headers(method, path, query, headers, **sign))
-        scope["query_string"] = sigv4.canonical_query_string(query).encode("ascii")
-    else:
-        scope = http_scope(method, path, signed_headers(method, path, headers, **sign))
-    call = Call()
-
-    async def app_call() -> None:
-        try:
-            with call.scope:
-                await app(scope, call.receive, call.send)
-        finally:
-            call._out_send.close()  # the connection is over for the client
-            call.done.set()
-
-    async with trio.open_nursery() as nursery:
-        nursery.start_soon(app_call, name="asgi-app-call")
-        yield call
-        with trio.fail_after(10):
-            await call.done.wait()
-    call.returned = True
-
-
-def live_tasks() -> list[str]:
-    """Every task of the run that belongs to the app or to an app call."""
-    names = []
-    stack = [trio.lowlevel.current_root_task()]
-    while stack:
-        task = stack.pop()
-        if task.name.startswith("trios3.") or task.name == "asgi-app-call":
-            names.append(task.name)
-        for nursery in task.child_nurseries:
-            stack.extend(nursery.child_tasks)
-    return names
 
 
 # -- requests and checks ----------------------------------------------------------------------
@@ -397,13 +300,6 @@ async def assert_not_stored(app: S3Proxy, backend: Backend, objects: Objects, op
         assert await simple_get(app, upload.bucket, upload.key) == (200, objects.data)
 
 
-async def feed(call: Call, data: bytes, pieces: int | None) -> None:
-    """Send ``data`` as a request body, or only its first ``pieces`` pieces (then wait)."""
-    chunks = [data[i : i + PIECE] for i in range(0, len(data), PIECE)] or [b""]
-    for i, chunk in enumerate(chunks[:pieces]):
-        await call.send_body(chunk, more=i < len(chunks) - 1)
-
-
 async def run_to_end(app, op: str, objects: Objects, target: str):
     """Send ``op`` whole (a PUT's client goes on sending until the answer comes) and read
     until the app returns: (call, status message, body, whether the response finished)."""
@@ -419,7 +315,7 @@ async def run_to_end(app, op: str, objects: Objects, target: str):
     return call, start, body, finished
 
 
-async def assert_settled(app: S3Proxy, call: Call, *, holding: int = 0) -> None:
+async def assert_settled(app: S3Proxy, call: AsgiCall, *, holding: int = 0) -> None:
     """Nothing the ended request held is still held, and the app call is over."""
     assert call.returned
     assert live_tasks() == []
@@ -452,17 +348,7 @@ async def fake_settled(fake: FakeBackend) -> None:
 
 @pytest.fixture(scope="module")
 def bucket(seaweedfs):
-    client = seaweedfs.client()
-    name = "matrix-" + uuid.uuid4().hex[:12]
-    client.create_bucket(Bucket=name)
-    yield name
-    for page in client.get_paginator("list_multipart_uploads").paginate(Bucket=name):
-        for item in page.get("Uploads", []):
-            client.abort_multipart_upload(Bucket=name, Key=item["Key"], UploadId=item["UploadId"])
-    for page in client.get_paginator("list_objects_v2").paginate(Bucket=name):
-        for item in page.get("Contents", []):
-            client.delete_object(Bucket=name, Key=item["Key"])
-    client.delete_bucket(Bucket=name)
+    yield from scratch_bucket(seaweedfs, "matrix")
 
 
 @pytest.fixture(scope="module")
@@ -471,11 +357,10 @@ def multipart_object(seaweedfs, bucket) -> tuple[str, bytes]:
     (key, plaintext)."""
     key = "multipart-" + uuid.uuid4().hex[:8]
     data = os.urandom(sum(PARTS))
-    settings = BackendSettings(seaweedfs.url, REGION, seaweedfs.access_key, seaweedfs.secret_key)
 
     async def upload() -> None:
-        async with open_backend(settings) as backend:
-            app = proxy(backend)
+        async with open_backend(backend_settings(seaweedfs.url, seaweedfs)) as backend:
+            app = proxy_app(backend)
             with trio.fail_after(60):
                 upload = await create_upload(app, bucket, key)
                 etags, offset = [], 0
@@ -486,34 +371,6 @@ def multipart_object(seaweedfs, bucket) -> tuple[str, bytes]:
 
     trio.run(upload)
     return key, data
-
-
-@pytest.fixture
-def real_settings(seaweedfs) -> BackendSettings:
-    return BackendSettings(seaweedfs.url, REGION, seaweedfs.access_key, seaweedfs.secret_key)
-
-
-@pytest.fixture
-async def backend(real_settings):
-    async with open_backend(real_settings) as client:
-        yield client
-
-
-def proxy(backend: Backend, **settings) -> S3Proxy:
-    return S3Proxy(
-        ProxySettings(
-            credentials={ACCESS_KEY: SECRET_KEY},
-            keyring=KEYRING,
-            backend=backend.settings,
-            **settings,
-        ),
-        backend,
-    )
-
-
-@pytest.fixture
-def make_app(backend):
-    return partial(proxy, backend)
 
 
 @pytest.fixture
@@ -529,11 +386,9 @@ async def make_fake_app(fake, seaweedfs):
     async with AsyncExitStack() as stack:
 
         async def make(silence: float = 300.0, **settings) -> S3Proxy:
-            settings_ = BackendSettings(
-                fake.url, REGION, seaweedfs.access_key, seaweedfs.secret_key, timeout=silence
-            )
+            settings_ = backend_settings(fake.url, seaweedfs, backend_timeout=silence)
             client = await stack.enter_async_context(open_backend(settings_))
-            return proxy(client, **settings)
+            return proxy_app(client, **settings)
 
         yield make
 
@@ -544,7 +399,7 @@ async def objects(backend, bucket, multipart_object) -> Objects:
     fresh for each test, and the module's multipart object."""
     tag = uuid.uuid4().hex[:8]
     data, foreign_data = os.urandom(SIZE), os.urandom(SIZE)
-    app = proxy(backend)
+    app = proxy_app(backend)
     with trio.fail_after(30):
         assert await simple_put(app, bucket, "enc-" + tag, data) == 200
         response, _ = await backend.request("PUT", bucket, "foreign-" + tag, body=foreign_data)
@@ -960,44 +815,36 @@ async def test_client_that_stops_reading_is_dropped_by_tcp_user_timeout(make_app
     with trio.fail_after(60):
         assert await simple_put(app, objects.bucket, key, os.urandom(size)) == 200
     observed = Observed(app)
-    settings = SimpleNamespace(listen="127.0.0.1:0", tls_cert=None, tls_key=None)
-    with listening_socket(settings.listen, send_timeout=2) as sock:
-        config = hypercorn_config(settings, sock)
-        async with trio.open_nursery() as nursery:
-            binds = await nursery.start(partial(hypercorn_serve, observed, config))
-            port = int(binds[0].rsplit(":", 1)[1])
-            path = f"/{objects.bucket}/{key}"
-            headers = signed_headers("GET", path, host=f"127.0.0.1:{port}")
-            request = f"GET {path} HTTP/1.1\r\n"
-            request += "".join(f"{n}: {v}\r\n" for n, v in headers) + "\r\n"
-            client = trio.socket.socket(socket.AF_INET, socket.SOCK_STREAM)
-            client.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 4096)
-            await client.connect(("127.0.0.1", port))
-            try:
-                with trio.fail_after(10):
-                    await client.send(request.encode("latin-1"))
-                    got = b""
-                    while len(got) < 64 * 1024:
-                        chunk = await client.recv(16384)
-                        assert chunk, "the server closed first"
-                        got += chunk
-                assert got.startswith(b"HTTP/1.1 200")
-                began = trio.current_time()
-                # The client stops reading but keeps the connection open.
-                with trio.fail_after(30):
-                    await observed.finished.wait()
-                took = trio.current_time() - began
-                print(f"the app call returned {took:.2f} s after the client stopped reading")
-                assert live_tasks() == []
-                assert app.budget.in_use == 0
-                assert app.stats.in_flight == 0
-                assert app.stats.disconnects == 1
-                assert busy_connections(app.services.backend) == []
-                assert observed.body_bytes < size
-                assert took >= 2
-            finally:
-                client.close()
-            nursery.cancel_scope.cancel()
+    async with served(observed, send_timeout=2) as port:
+        path = f"/{objects.bucket}/{key}"
+        request = raw_request("GET", path, port)
+        client = trio.socket.socket(socket.AF_INET, socket.SOCK_STREAM)
+        client.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 4096)
+        await client.connect(("127.0.0.1", port))
+        try:
+            with trio.fail_after(10):
+                await client.send(request)
+                got = b""
+                while len(got) < 64 * 1024:
+                    chunk = await client.recv(16384)
+                    assert chunk, "the server closed first"
+                    got += chunk
+            assert got.startswith(b"HTTP/1.1 200")
+            began = trio.current_time()
+            # The client stops reading but keeps the connection open.
+            with trio.fail_after(30):
+                await observed.finished.wait()
+            took = trio.current_time() - began
+            print(f"the app call returned {took:.2f} s after the client stopped reading")
+            assert live_tasks() == []
+            assert app.budget.in_use == 0
+            assert app.stats.in_flight == 0
+            assert app.stats.disconnects == 1
+            assert busy_connections(app.services.backend) == []
+            assert observed.body_bytes < size
+            assert took >= 2
+        finally:
+            client.close()
     await assert_still_works(app, objects.bucket)
 
 
@@ -1012,56 +859,43 @@ async def test_put_refused_before_its_body_is_read_ends_and_frees_the_connection
     else:
         app = make_app(max_requests=1)
     observed = Observed(app)
-    settings = SimpleNamespace(listen="127.0.0.1:0", tls_cert=None, tls_key=None)
     size = 16 * 1024 * 1024
     path = f"/{objects.bucket}/refused-{uuid.uuid4().hex[:8]}"
-    with listening_socket(settings.listen, send_timeout=30) as sock:
-        config = hypercorn_config(settings, sock)
-        async with trio.open_nursery() as nursery:
-            binds = await nursery.start(partial(hypercorn_serve, observed, config))
-            port = int(binds[0].rsplit(":", 1)[1])
-            headers = signed_headers(
-                "PUT",
-                path,
-                [("content-length", str(size))],
-                payload_hash="UNSIGNED-PAYLOAD",
-                host=f"127.0.0.1:{port}",
-            )
-            request = f"PUT {path} HTTP/1.1\r\n"
-            request += "".join(f"{n}: {v}\r\n" for n, v in headers) + "\r\n"
-            client = await trio.open_tcp_stream("127.0.0.1", port)
+    async with served(observed, send_timeout=30) as port:
+        headers = [("content-length", str(size))]
+        request = raw_request("PUT", path, port, headers, payload_hash="UNSIGNED-PAYLOAD")
+        client = await trio.open_tcp_stream("127.0.0.1", port)
 
-            async def send_body() -> None:
-                # The client keeps sending until the server stops taking its bytes.
-                try:
-                    await client.send_all(request.encode("latin-1"))
-                    piece = b"\0" * 65536
-                    for _ in range(size // len(piece)):
-                        await client.send_all(piece)
-                except trio.BrokenResourceError:
-                    pass
+        async def send_body() -> None:
+            # The client keeps sending until the server stops taking its bytes.
+            try:
+                await client.send_all(request)
+                piece = b"\0" * 65536
+                for _ in range(size // len(piece)):
+                    await client.send_all(piece)
+            except trio.BrokenResourceError:
+                pass
 
-            with trio.fail_after(30):
-                async with AsyncExitStack() as stack:
-                    if cause == "budget":
-                        await stack.enter_async_context(app.budget.lease(1024 * 1024))
-                    else:
-                        app.stats.in_flight += 1  # as if one request were already in flight
-                        stack.callback(setattr, app.stats, "in_flight", 0)
-                    async with trio.open_nursery() as sender:
-                        sender.start_soon(send_body)
-                        got = b""
-                        while b"\r\n\r\n" not in got:
-                            chunk = await client.receive_some(65536)
-                            assert chunk, "closed before answering"
-                            got += chunk
-                        assert got.startswith(b"HTTP/1.1 503")
-                        await observed.finished.wait()
-                        sender.cancel_scope.cancel()
-            await client.aclose()
-            assert live_tasks() == []
-            assert app.budget.in_use == 0
-            assert app.stats.in_flight == 0
-            nursery.cancel_scope.cancel()
+        with trio.fail_after(30):
+            async with AsyncExitStack() as stack:
+                if cause == "budget":
+                    await stack.enter_async_context(app.budget.lease(1024 * 1024))
+                else:
+                    app.stats.in_flight += 1  # as if one request were already in flight
+                    stack.callback(setattr, app.stats, "in_flight", 0)
+                async with trio.open_nursery() as sender:
+                    sender.start_soon(send_body)
+                    got = b""
+                    while b"\r\n\r\n" not in got:
+                        chunk = await client.receive_some(65536)
+                        assert chunk, "closed before answering"
+                        got += chunk
+                    assert got.startswith(b"HTTP/1.1 503")
+                    await observed.finished.wait()
+                    sender.cancel_scope.cancel()
+        await client.aclose()
+        assert live_tasks() == []
+        assert app.budget.in_use == 0
+        assert app.stats.in_flight == 0
     assert await stored_status(app.services.backend, objects.bucket, path.rsplit("/", 1)[1]) == 404
     await assert_still_works(app, objects.bucket)

@@ -9,7 +9,10 @@ HEAD, GET, listings and conditionals consistent without any extra request.
 
 from __future__ import annotations
 
+import re
+
 SUFFIX = "-0"
+_PART_COUNT = re.compile(r'-(\d+)"?\s*$')
 
 
 def client_etag(backend_etag: str, encrypted: bool) -> str:
@@ -36,3 +39,12 @@ def backend_condition(value: str) -> str:
         core = f'"{inner}"' if quoted else inner
         out.append(("W/" if weak else "") + core)
     return ", ".join(out)
+
+
+def part_count(etag: str) -> int | None:
+    """N from a multipart ETag ``"<hex>-N"``; None for a single-part ETag (or the proxy's
+    ``-0``)."""
+    match = _PART_COUNT.search(etag)
+    if not match or match.group(1) == "0":
+        return None
+    return int(match.group(1))

@@ -330,3 +330,69 @@ class SegmentOpener:
         if self._index <= self._last:
             raise self._fail(f"stored bytes end before segment {self._index}")
         return []
+
+
+class SpanTrim:
+    """Keeps the plaintext of a span out of whole decrypted segments: drops ``span.skip``
+    bytes from the front, then passes ``span.length`` bytes and no more."""
+
+    __slots__ = ("_drop", "_left")
+
+    def __init__(self, span: SegmentSpan) -> None:
+        self._drop = span.skip
+        self._left = span.length
+
+    def __call__(self, pieces: list[bytes]) -> list[bytes]:
+        out = []
+        for piece in pieces:
+            if self._drop:
+                cut = min(self._drop, len(piece))
+                piece = piece[cut:]
+                self._drop -= cut
+            piece = piece[: self._left]
+            self._left -= len(piece)
+            if piece:
+                out.append(piece)
+        return out
+
+
+class SpanOpener:
+    """The plaintext of one :class:`SegmentSpan` (exactly ``span.length`` bytes) from a stored
+    window that starts at ``window_start`` and covers the span, and maybe more.
+
+    Bytes of the window before and after the span are dropped: a backend window ends at the
+    span in all but odd cases, and a response read to its end keeps its connection pooled.
+    """
+
+    def __init__(
+        self,
+        data_key: bytes,
+        segment_size: int,
+        plaintext_size: int,
+        span: SegmentSpan,
+        window_start: int,
+    ) -> None:
+        if window_start > span.stored_start:
+            raise ValueError("the stored window starts after the span")
+        self._opener = SegmentOpener(
+            data_key, segment_size, plaintext_size, span.first_segment, span.last_segment
+        )
+        self._drop_stored = span.stored_start - window_start
+        self._stored_left = span.stored_end - span.stored_start + 1
+        self._trimmed = SpanTrim(span)
+
+    def feed(self, data: bytes | memoryview) -> list[bytes]:
+        """Plaintext of the span's segments completed by ``data``."""
+        if self._drop_stored:
+            cut = min(self._drop_stored, len(data))
+            data = data[cut:]
+            self._drop_stored -= cut
+        data = data[: self._stored_left]
+        if not data:
+            return []
+        self._stored_left -= len(data)
+        return self._trimmed(self._opener.feed(data))
+
+    def finish(self) -> list[bytes]:
+        """TamperedError if the window ended before the span did."""
+        return self._trimmed(self._opener.finish())

@@ -16,7 +16,7 @@ import binascii
 import os
 from array import array
 from bisect import bisect_right
-from collections.abc import Iterator, Mapping, Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 
 from cryptography.hazmat.primitives import hashes
@@ -297,6 +297,18 @@ def plan_completion(
     return planned
 
 
+def parse_part_number(text: str | None) -> int:
+    """A ``partNumber`` query value: 1..10 000, in digits, or S3's InvalidArgument."""
+    text = text or ""
+    if not text.isascii() or not text.isdigit() or not 1 <= int(text) <= MAX_PART_NUMBER:
+        raise S3Error(
+            "InvalidArgument",
+            "Part number must be an integer between 1 and 10000, inclusive",
+            fields={"ArgumentName": "partNumber", "ArgumentValue": text},
+        )
+    return int(text)
+
+
 # -- layout -----------------------------------------------------------------------------------
 
 
@@ -465,8 +477,7 @@ class MultipartOpener:
         self._header = bytearray()
         self._opener: fmt.SegmentOpener | None = None
         self._stored_left = 0
-        self._skip = 0
-        self._left = 0
+        self._trimmed = fmt.SpanTrim(fmt.span_for_range(0, 0, -1, layout.segment_size))
         if first_header is not None:
             self._open_part(first_header)
 
@@ -496,19 +507,8 @@ class MultipartOpener:
             segment_aad_prefix(place.number),
         )
         self._stored_left = span.stored_end - span.stored_start + 1
-        self._skip, self._left = span.skip, span.length
+        self._trimmed = fmt.SpanTrim(span)
         self._next += 1
-
-    def _trimmed(self, pieces: list[bytes]) -> Iterator[bytes]:
-        for piece in pieces:
-            if self._skip:
-                cut = min(self._skip, len(piece))
-                piece = piece[cut:]
-                self._skip -= cut
-            piece = piece[: self._left]
-            self._left -= len(piece)
-            if piece:
-                yield piece
 
     def feed(self, data: bytes | memoryview) -> list[bytes]:
         out: list[bytes] = []

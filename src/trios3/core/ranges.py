@@ -1,4 +1,5 @@
-"""The Range header of a GET, resolved against the plaintext size the way AWS S3 does it.
+"""Byte ranges: a GET's Range resolved against the plaintext size the way AWS S3 does it, the
+backend's Content-Range, and UploadPartCopy's ``x-amz-copy-source-range``.
 
 AWS serves one byte range or the whole object; it never answers multipart/byteranges:
 
@@ -21,6 +22,8 @@ from trios3.core.errors import S3Error
 from trios3.core.format import TAG_SIZE
 
 _RANGE = re.compile(r"bytes=([0-9]*)-([0-9]*)", re.IGNORECASE)
+_CONTENT_RANGE = re.compile(r"^bytes (\d+)-(\d+)/(\d+)$")
+_COPY_RANGE = re.compile(r"^bytes=(\d+)-(\d+)$")
 
 
 def parse_range(header: str | None, size: int) -> tuple[int, int] | None:
@@ -84,6 +87,37 @@ def stored_window(header: str | None, segment_size: int) -> str | None:
 def content_range(start: int, end: int, size: int) -> str:
     """The Content-Range value of a 206: ``bytes start-end/size``."""
     return f"bytes {start}-{end}/{size}"
+
+
+def parse_content_range(value: str | None) -> tuple[int, int, int] | None:
+    """A backend 206's ``Content-Range: bytes start-end/total`` as numbers, or None."""
+    match = _CONTENT_RANGE.match(value or "")
+    if not match:
+        return None
+    start, end, total = (int(g) for g in match.groups())
+    return start, end, total
+
+
+def parse_copy_range(value: str | None, size: int) -> tuple[int, int]:
+    """The source bytes an UploadPartCopy copies (inclusive): its ``x-amz-copy-source-range``,
+    or the whole source of ``size`` bytes."""
+    if value is None:
+        return (0, size - 1)
+    match = _COPY_RANGE.match(value.strip())
+    if not match:
+        raise S3Error(
+            "InvalidArgument",
+            "The x-amz-copy-source-range value must be of the form bytes=first-last where "
+            "first and last are the zero-based offsets of the first and last bytes to copy",
+        )
+    start, end = int(match.group(1)), int(match.group(2))
+    if start > end or end >= size:
+        raise S3Error(
+            "InvalidRange",
+            f"Range specified is not valid for source object of size: {size}",
+            status=416,
+        )
+    return start, end
 
 
 def _unsatisfiable(header: str, size: int) -> S3Error:

@@ -189,6 +189,34 @@ def resolve_target(
     return Target(_object_operation(method, query), bucket, key, query)
 
 
+@dataclass(frozen=True)
+class CopySource:
+    """The object an ``x-amz-copy-source`` names."""
+
+    bucket: str
+    key: str
+    version: str | None
+
+
+def parse_copy_source(value: str) -> CopySource:
+    """``x-amz-copy-source`` (``[/]bucket/key[?versionId=v]``, percent-encoded)."""
+    path, _, query = value.partition("?")
+    path = unquote(path).lstrip("/")
+    bucket, _, key = path.partition("/")
+    if not bucket or not key:
+        raise S3Error(
+            "InvalidArgument",
+            "Copy Source must mention the source bucket and key: sourcebucket/sourcekey",
+        )
+    version = None
+    if query:
+        name, _, version = query.partition("=")
+        if name != "versionId" or not version:
+            raise S3Error("InvalidArgument", "Unsupported copy source parameter.")
+        version = unquote(version)
+    return CopySource(bucket, key, version)
+
+
 def parse_query(query_string: str) -> dict[str, str]:
     """Decode a raw query string; a repeated parameter is InvalidArgument.
 

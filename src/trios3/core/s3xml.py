@@ -14,6 +14,8 @@ from __future__ import annotations
 import re
 import xml.etree.ElementTree as ET  # output only; parsing goes through defusedxml
 from collections.abc import Callable
+from datetime import UTC, datetime
+from email.utils import parsedate_to_datetime
 
 import defusedxml.ElementTree as SafeET
 from defusedxml import DefusedXmlException
@@ -31,6 +33,19 @@ _LISTING_ROOTS = {"ListBucketResult": "Contents", "ListVersionsResult": "Version
 
 
 # -- errors ------------------------------------------------------------------------------------
+
+
+def xml_timestamp(when: datetime) -> str:
+    """A time as S3 writes it in XML (``LastModified``): ISO 8601 in UTC, milliseconds."""
+    return when.astimezone(UTC).strftime("%Y-%m-%dT%H:%M:%S.000Z")
+
+
+def xml_timestamp_of(http_date: str | None) -> str:
+    """An HTTP ``Last-Modified`` as an XML timestamp (now, when there is none to read)."""
+    try:
+        return xml_timestamp(parsedate_to_datetime(http_date or ""))
+    except (TypeError, ValueError):
+        return xml_timestamp(datetime.now(UTC))
 
 
 def render_error(err: S3Error, resource: str, request_id: str) -> bytes:

@@ -11,7 +11,7 @@ from __future__ import annotations
 import hashlib
 import hmac
 import re
-from collections.abc import Sequence
+from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from email.utils import parsedate_to_datetime
@@ -32,6 +32,10 @@ PAYLOAD_LITERALS = frozenset(
         STREAMING_PAYLOAD_TRAILER,
         STREAMING_UNSIGNED_PAYLOAD_TRAILER,
     }
+)
+# The payload modes whose body is aws-chunked (x-amz-decoded-content-length is its length).
+STREAMING_MODES = frozenset(
+    {STREAMING_PAYLOAD, STREAMING_PAYLOAD_TRAILER, STREAMING_UNSIGNED_PAYLOAD_TRAILER}
 )
 MAX_SKEW = timedelta(minutes=15)
 MAX_PRESIGN_EXPIRES = 604800
@@ -173,6 +177,23 @@ def parse_auth(
     if presigned:
         return _parse_presigned(params, headers)
     return None
+
+
+def check_signed_headers(headers: Iterable[str], auth: RequestAuth) -> None:
+    """As AWS: every ``x-amz-*`` header a request carries must be signed, or a presigned PUT
+    could be turned into a copy of any object, say. ``x-amz-content-sha256`` may go unsigned:
+    its value is part of the canonical request."""
+    unsigned = sorted(
+        n
+        for n in headers
+        if n.startswith("x-amz-") and n not in auth.signed_headers and n != "x-amz-content-sha256"
+    )
+    if unsigned:
+        raise S3Error(
+            "AccessDenied",
+            "There were headers present in the request which were not signed",
+            fields={"HeadersNotSigned": ", ".join(unsigned)},
+        )
 
 
 def verify(

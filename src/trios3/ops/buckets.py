@@ -13,11 +13,10 @@ from trios3.backend import backend_error, read_limited
 from trios3.core import format as fmt
 from trios3.core import multipart as mp
 from trios3.core import sigv4
-from trios3.core.etag import client_etag
+from trios3.core.etag import client_etag, part_count
+from trios3.core.headers import HOP_HEADERS
 from trios3.core.s3xml import parse_delete_objects, rewrite_listing
 from trios3.exchange import Exchange
-from trios3.ops.headers import HOP_HEADERS
-from trios3.ops.reads import part_count
 
 MAX_SMALL_BODY = 1024 * 1024  # bucket configurations, tagging, ACLs, DeleteObjects
 MAX_LISTING = 4 * 1024 * 1024  # a listing page: at most 1000 entries

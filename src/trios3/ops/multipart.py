@@ -8,19 +8,20 @@ process can serve any call of any upload, and nothing is kept between requests.
 
 from __future__ import annotations
 
-import re
 from collections.abc import AsyncIterator
 from datetime import UTC, datetime
 
 import httpx
 
-from trios3.backend import backend_error
+from trios3.backend import SMALL_BODY, backend_error
 from trios3.core import format as fmt
+from trios3.core import headers as hdr
 from trios3.core import multipart as mp
 from trios3.core.checksums import multipart_checksums
 from trios3.core.errors import S3Error, TamperedError
 from trios3.core.etag import client_etag
 from trios3.core.keys import Envelope
+from trios3.core.ranges import parse_copy_range
 from trios3.core.s3xml import (
     parse_complete_request,
     parse_complete_result,
@@ -32,16 +33,15 @@ from trios3.core.s3xml import (
     render_initiate_result,
     rewrite_list_parts,
     rewrite_list_uploads,
+    xml_timestamp,
 )
 from trios3.exchange import Exchange
-from trios3.ops import headers as hdr
-from trios3.ops import objects
+from trios3.ops.copy import head_copy_source, open_source
+from trios3.ops.streaming import PIPELINE_DEPTH, lease_bytes, send_sealed
 from trios3.pipeline import prefetched
 
-SMALL_RESPONSE = 64 * 1024
 MAX_COMPLETE_BODY = 4 * 1024 * 1024  # 10 000 parts with ETags and checksums fit in ~2 MiB
 MAX_PART_LIST_PAGE = 1024 * 1024
-_COPY_RANGE = re.compile(r"^bytes=(\d+)-(\d+)$")
 _CHECKSUM_REQUEST_HEADERS = ("x-amz-checksum-algorithm", "x-amz-checksum-type")
 
 
@@ -80,17 +80,6 @@ def _upload_query(token: mp.UploadToken) -> list[tuple[str, str]]:
     return [("uploadId", token.backend_upload_id)]
 
 
-def _part_number(ex: Exchange) -> int:
-    text = ex.target.query.get("partNumber", "")
-    if not text.isascii() or not text.isdigit() or not 1 <= int(text) <= mp.MAX_PART_NUMBER:
-        raise S3Error(
-            "InvalidArgument",
-            "Part number must be an integer between 1 and 10000, inclusive",
-            fields={"ArgumentName": "partNumber", "ArgumentValue": text},
-        )
-    return int(text)
-
-
 def _no_such_upload(response: httpx.Response, data: bytes) -> S3Error:
     error = backend_error(response, data)
     if response.status_code == 404 and error.code != "NoSuchBucket":
@@ -114,7 +103,7 @@ async def create_upload(ex: Exchange) -> None:
         ex.key,
         query=[("uploads", "")],
         headers=headers + list(envelope.to_metadata().items()),
-        max_body=SMALL_RESPONSE,
+        max_body=SMALL_BODY,
     )
     if response.status_code != 200:
         raise backend_error(response, data)
@@ -131,13 +120,13 @@ async def create_upload(ex: Exchange) -> None:
 async def upload_part(ex: Exchange) -> None:
     hdr.reject_sse_c(ex.headers)
     token = _token(ex)
-    number = _part_number(ex)
+    number = mp.parse_part_number(ex.target.query.get("partNumber"))
     data_key, segment_size = _data_key(ex, token)
     body = ex.body
     limit = mp.max_part_plaintext(segment_size)  # so that the stored part fits in 5 GiB
     if body.length > limit:
         raise S3Error("EntityTooLarge", fields={"MaxSizeAllowed": str(limit)})
-    async with ex.services.budget.lease(objects.stream_window(segment_size)):
+    async with ex.services.budget.lease(lease_bytes(segment_size)):
         response = await _store_part(
             ex, token, data_key, segment_size, number, body.length, body.chunks()
         )
@@ -156,9 +145,9 @@ async def _store_part(
     plaintext: AsyncIterator[bytes],
 ) -> httpx.Response:
     """Encrypt one attempt at a part (a fresh salt, so a fresh key) and send it, as a PUT
-    is sent (trios3.ops.objects.send_sealed)."""
+    is sent (trios3.ops.streaming.send_sealed)."""
     sealer = mp.PartSealer(data_key, segment_size, number, length)
-    response, data = await objects.send_sealed(
+    response, data = await send_sealed(
         ex,
         sealer,
         plaintext,
@@ -174,7 +163,7 @@ async def _store_part(
 async def abort_upload(ex: Exchange) -> None:
     token = _token(ex)
     response, data = await ex.services.backend.request(
-        "DELETE", ex.bucket, ex.key, query=_upload_query(token), max_body=SMALL_RESPONSE
+        "DELETE", ex.bucket, ex.key, query=_upload_query(token), max_body=SMALL_BODY
     )
     if response.status_code not in (200, 204):
         raise _no_such_upload(response, data)
@@ -268,7 +257,7 @@ async def complete_upload(ex: Exchange) -> None:
             query=_upload_query(token),
             headers=hdr.conditions(ex.headers, ("if-match", "if-none-match")),
             body=document,
-            max_body=SMALL_RESPONSE,
+            max_body=SMALL_BODY,
         )
     if response.status_code != 200:
         raise _no_such_upload(response, data)
@@ -284,51 +273,29 @@ async def complete_upload(ex: Exchange) -> None:
 # -- UploadPartCopy ---------------------------------------------------------------------------
 
 
-def _copy_range(ex: Exchange, size: int) -> tuple[int, int]:
-    """The source bytes to copy: ``x-amz-copy-source-range`` or the whole source."""
-    value = ex.headers.get("x-amz-copy-source-range")
-    if value is None:
-        return (0, size - 1)
-    match = _COPY_RANGE.match(value.strip())
-    if not match:
-        raise S3Error(
-            "InvalidArgument",
-            "The x-amz-copy-source-range value must be of the form bytes=first-last where "
-            "first and last are the zero-based offsets of the first and last bytes to copy",
-        )
-    start, end = int(match.group(1)), int(match.group(2))
-    if start > end or end >= size:
-        raise S3Error(
-            "InvalidRange",
-            f"Range specified is not valid for source object of size: {size}",
-            status=416,
-        )
-    return start, end
-
-
 async def upload_part_copy(ex: Exchange) -> None:
     """A part from a range of another object: decrypted and re-encrypted while streaming,
     since a part must be sealed under this upload's key, its number and a fresh salt."""
     hdr.reject_sse_c(ex.headers)
     token = _token(ex)
-    number = _part_number(ex)
+    number = mp.parse_part_number(ex.target.query.get("partNumber"))
     data_key, segment_size = _data_key(ex, token)
-    source = await objects.copy_source_object(ex)
+    source = await head_copy_source(ex)
     services = ex.services
-    window = objects.stream_window(segment_size)
-    async with services.budget.lease(2 * window):
-        opened = await objects.open_source(services, source)
-        start, end = _copy_range(ex, opened.size)
+    # Two streams at once: the source read and the part written.
+    async with services.budget.lease(2 * lease_bytes(segment_size)):
+        opened = await open_source(services, source)
+        start, end = parse_copy_range(ex.headers.get("x-amz-copy-source-range"), opened.size)
         length = end - start + 1
         if length > mp.max_part_plaintext(segment_size):
             raise S3Error(
                 "InvalidRequest", "The specified copy range is larger than the maximum part size."
             )
         plaintext = opened.plaintext(start, end)
-        async with prefetched(plaintext, objects.PIPELINE_DEPTH) as pieces:
+        async with prefetched(plaintext, PIPELINE_DEPTH) as pieces:
             response = await _store_part(ex, token, data_key, segment_size, number, length, pieces)
     etag = client_etag(response.headers.get("etag", ""), True)
-    last_modified = datetime.now(UTC).strftime("%Y-%m-%dT%H:%M:%S.000Z")
+    last_modified = xml_timestamp(datetime.now(UTC))
     out = [("content-type", "application/xml")]
     if source.version:
         out.append(("x-amz-copy-source-version-id", source.version))

@@ -1,35 +1,26 @@
-"""Reading multipart (format v2) objects: finding their layout, decrypting a byte range.
+"""Reads of a stored object pinned to what was first seen of it: windows, part headers, layouts.
 
-A multipart object's part sizes are in its part headers, not its metadata (metadata is fixed
-when the upload starts). For the usual uniform upload two small ranged GETs find the layout:
-the first part's header and the header where the last part must then start. Anything else
-is walked header by header. Every read after the first is pinned to the ETag it started
-with, so an object replaced meanwhile is never read half old, half new.
+Every read after the first is pinned to the ETag it started with (:func:`pinned_window`), so an
+object replaced meanwhile is never read half old, half new. A multipart object's (format v2)
+part sizes are in its part headers, not its metadata (metadata is fixed when the upload
+starts). For the usual uniform upload two small ranged GETs find the layout: the first part's
+header and the header where the last part must then start. Anything else is walked header by
+header.
 """
 
 from __future__ import annotations
 
-import re
 from collections.abc import AsyncIterator, Sequence
 from contextlib import asynccontextmanager
 from dataclasses import dataclass
 
 import httpx
 
-from trios3.backend import Backend, read_limited
+from trios3.backend import SMALL_BODY, Backend, read_limited
 from trios3.core import multipart as mp
 from trios3.core.errors import S3Error, TamperedError
-
-_PART_COUNT = re.compile(r'-(\d+)"?\s*$')
-
-
-def part_count(etag: str) -> int | None:
-    """N from a multipart ETag ``"<hex>-N"``; None for a single-part ETag (or the proxy's
-    ``-0``)."""
-    match = _PART_COUNT.search(etag)
-    if not match or match.group(1) == "0":
-        return None
-    return int(match.group(1))
+from trios3.core.etag import part_count
+from trios3.ops.streaming import opened
 
 
 def changed() -> S3Error:
@@ -126,11 +117,8 @@ async def decrypt_range(
         header = await read_header(backend, obj, place.stored_start)
     opener = mp.MultipartOpener(data_key, layout, start, end, header)
     async with pinned_window(backend, obj, *opener.window) as response:
-        async for chunk in response.aiter_raw():
-            for piece in opener.feed(chunk):
-                yield piece
-    for piece in opener.finish():
-        yield piece
+        async for piece in opened(response.aiter_raw(), opener):
+            yield piece
 
 
 @asynccontextmanager
@@ -151,6 +139,6 @@ async def pinned_window(
             raise changed()
         whole = (start, end) == (0, obj.stored_size - 1)
         if response.status_code != 206 and not (whole and response.status_code == 200):
-            await read_limited(response, 64 * 1024)
+            await read_limited(response, SMALL_BODY)
             raise S3Error("InternalError", "The backend refused a read of a stored window.")
         yield response

@@ -2,18 +2,21 @@
 
 Allowlists, not denylists: a header the proxy does not understand could describe the
 ciphertext (checksums, lengths) or carry the client's own signature, so it does not pass.
+Everything here takes and returns plain strings: the operations (trios3.ops) decide nothing
+about headers themselves.
 """
 
 from __future__ import annotations
 
 import base64
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 
 from trios3.core.errors import S3Error
 from trios3.core.etag import backend_condition, client_etag
-from trios3.core.keys import ENVELOPE_METADATA_SIZE, MD5_SIZE, parse_base64
+from trios3.core.keys import ENVELOPE_METADATA_SIZE, MD5_SIZE, META_PREFIX, parse_base64
 
-RESERVED_META = "x-amz-meta-trios3-"
+# The proxy's own metadata (trios3.core.keys): clients may neither set nor see it.
+RESERVED_META = META_PREFIX
 # rclone's name for an object's MD5 when its ETag is not one; sealed by the proxy.
 CONTENT_MD5_META = "x-amz-meta-md5chksum"
 # S3's 2 KiB of user metadata, less what the proxy adds to every object it encrypts.
@@ -98,6 +101,40 @@ HOP_HEADERS = frozenset(
         "content-encoding",
     }
 )
+
+
+# Headers that authentication, routing or body checks read: a repeat would let the signature
+# cover one value while the proxy acts on another. Every x-amz-* header is one of them too.
+SINGLE_HEADERS = frozenset(
+    {
+        "authorization",
+        "content-encoding",
+        "content-length",
+        "content-md5",
+        "content-type",
+        "host",
+        "if-match",
+        "if-modified-since",
+        "if-none-match",
+        "if-unmodified-since",
+        "range",
+    }
+)
+
+
+def request_headers(pairs: Sequence[tuple[str, str]]) -> dict[str, str]:
+    """A request's (lower-case) header pairs as one mapping: repeats of a header that may
+    appear only once are InvalidArgument, others are joined with commas as HTTP allows."""
+    headers: dict[str, str] = {}
+    for name, value in pairs:
+        if name in headers:
+            if name.startswith("x-amz-") or name in SINGLE_HEADERS:
+                # The signature covers the first of two; the proxy could act on either.
+                raise S3Error("InvalidArgument", f"The header {name} may appear only once.")
+            headers[name] = f"{headers[name]},{value}"
+        else:
+            headers[name] = value
+    return headers
 
 
 def user_metadata(headers: Mapping[str, str]) -> list[tuple[str, str]]:
@@ -192,3 +229,41 @@ def object_response_headers(
     if "etag" in backend_headers:
         out.append(("etag", client_etag(backend_headers["etag"], encrypted)))
     return out
+
+
+def not_modified_headers(
+    backend_headers: Mapping[str, str], if_none_match: str | None
+) -> dict[str, str]:
+    """The validators a 304 keeps (ETag, Last-Modified), in the client's terms, so that it
+    can keep its cached copy.
+
+    A backend 304 may carry no metadata to tell whether the object is the proxy's; the
+    client's own If-None-Match does (it names the ETag the client was given), and without
+    one the object is taken to be the proxy's, as all objects written through it are.
+    """
+    out: dict[str, str] = {}
+    etag = backend_headers.get("etag", "")
+    encrypted = etag not in (if_none_match or "")
+    if any(n.startswith(RESERVED_META) for n in backend_headers):
+        encrypted = True
+    if etag:
+        out["etag"] = client_etag(etag, encrypted)
+    if "last-modified" in backend_headers:
+        out["last-modified"] = backend_headers["last-modified"]
+    return out
+
+
+def described_by(
+    source: Mapping[str, str],
+) -> tuple[list[tuple[str, str]], list[tuple[str, str]]]:
+    """What a copy with the COPY directive carries over from its source's HEAD: the headers
+    that describe the object, and the user metadata (never the proxy's own)."""
+    described = [
+        (n, v) for n, v in source.items() if n in UPLOAD_HEADERS or n == "content-encoding"
+    ]
+    meta = [
+        (n, v)
+        for n, v in source.items()
+        if n.startswith("x-amz-meta-") and not n.startswith(RESERVED_META)
+    ]
+    return described, meta

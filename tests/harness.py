@@ -1,0 +1,454 @@
+"""The harness the tests and the scripts in scripts/ share: real servers started the way a user
+starts them, and what reads and stops them.
+
+A real SeaweedFS (``running_seaweedfs``) and ``trios3 serve`` in front of it (``start_proxy``,
+``running_proxy``; both at once for a script: ``running_servers``), each on free loopback
+ports; ``Endpoint`` says how to reach either, and makes boto3 clients for it. Then the process
+readers the benchmarks report (``cpu_seconds``, ``vm_hwm_kib``, ``status_kib``) and the helpers
+test modules share (scratch buckets, botocore error fields). The clients that sign S3 requests
+without boto3 are in :mod:`s3clients`.
+
+How it is reached: under pytest, ``tests/`` is on ``sys.path`` because ``tests/conftest.py``
+lives there (pytest's default "prepend" import mode puts the directory of a conftest that is not
+in a package first on the path), so a test module says ``from harness import ...`` (not ``from
+conftest import``: with a conftest.py in a subdirectory too, "conftest" names two modules). A
+script adds ``tests/`` itself, in one commented line before it imports the harness. Nothing
+here imports pytest: the scripts run without it.
+"""
+
+from __future__ import annotations
+
+import base64
+import datetime
+import ipaddress
+import os
+import socket
+import subprocess
+import sys
+import tempfile
+import time
+import uuid
+from collections.abc import Iterator, Mapping, Sequence
+from contextlib import contextmanager
+from dataclasses import dataclass
+from pathlib import Path
+from typing import BinaryIO, NamedTuple
+
+from trios3.core.keys import MasterKey
+from trios3.embedded import PORT_OPTIONS, backend_identity, find_weed, free_ports, weed_command
+
+
+@dataclass(frozen=True)
+class Endpoint:
+    """How to reach an S3 server: its URL and credentials (and, for a trios3 over HTTPS, the
+    certificate to trust; for a trios3, the master key it encrypts with)."""
+
+    url: str
+    access_key: str
+    secret_key: str
+    ca_bundle: str | None = None
+    master_key: str | None = None
+
+    def client(self, signature_version: str = "s3v4", **config):
+        """A boto3 S3 client with its current default checksum behaviour (SigV4 unless told
+        ``signature_version="s3"``, the SigV2 the proxy refuses)."""
+        import boto3
+        from botocore.config import Config
+
+        cfg = Config(
+            s3={"addressing_style": "path"},
+            retries={"max_attempts": 1},
+            signature_version=signature_version,
+            **config,
+        )
+        return boto3.client(
+            "s3",
+            endpoint_url=self.url,
+            aws_access_key_id=self.access_key,
+            aws_secret_access_key=self.secret_key,
+            region_name="us-east-1",
+            config=cfg,
+            verify=self.ca_bundle if self.url.startswith("https") else None,
+        )
+
+
+# -- processes --------------------------------------------------------------------------------
+
+
+def wait_port(port: int, process: subprocess.Popen, what: str, timeout: float = 90) -> None:
+    """Return once ``port`` on loopback accepts a connection; raise if ``process`` (``what``)
+    exits first or ``timeout`` seconds pass. A server is ready to be used, not just started."""
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if process.poll() is not None:
+            raise RuntimeError(f"{what} exited with {process.returncode}")
+        try:
+            socket.create_connection(("127.0.0.1", port), timeout=1).close()
+            return
+        except OSError:
+            time.sleep(0.1)
+    raise RuntimeError(f"{what} did not open port {port}")
+
+
+def stop_process(process: subprocess.Popen, grace: float = 10) -> float | None:
+    """SIGTERM, then SIGKILL if it has not exited within ``grace`` seconds. Returns how long the
+    SIGTERM took (0 if it had already exited), or None if it had to be killed: a server that
+    ignores SIGTERM is a finding, not only a nuisance."""
+    if process.poll() is not None:
+        return 0.0
+    started = time.monotonic()
+    process.terminate()
+    try:
+        process.wait(grace)
+    except subprocess.TimeoutExpired:
+        process.kill()
+        process.wait()
+        return None
+    return time.monotonic() - started
+
+
+CLK_TCK = os.sysconf("SC_CLK_TCK")
+
+
+def cpu_seconds(pid: int) -> float:
+    """utime + stime of a process (all its threads), in seconds, from /proc/<pid>/stat."""
+    with open(f"/proc/{pid}/stat") as f:
+        fields = f.read().rsplit(")", 1)[1].split()
+    return (int(fields[11]) + int(fields[12])) / CLK_TCK
+
+
+def status_kib(pid: int, name: str) -> int | None:
+    """A KiB figure of /proc/<pid>/status (``VmHWM``, ``VmRSS``...); None once the process is
+    gone or if it has no such line."""
+    try:
+        with open(f"/proc/{pid}/status") as f:
+            for line in f:
+                if line.startswith(name + ":"):
+                    return int(line.split()[1])
+    except OSError:
+        return None
+    return None
+
+
+def vm_hwm_kib(pid: int) -> int:
+    """A running process's peak resident set (VmHWM), in KiB."""
+    peak = status_kib(pid, "VmHWM")
+    if peak is None:
+        raise RuntimeError(f"no VmHWM for process {pid}")
+    return peak
+
+
+# -- SeaweedFS --------------------------------------------------------------------------------
+
+
+@contextmanager
+def running_seaweedfs(data: Path) -> Iterator[Endpoint]:
+    """A SeaweedFS S3 server (``weed mini``, as the embedded backend runs it) on free ports, its
+    data and ``weed.log`` in ``data``, for the ``with`` block."""
+    access, secret, s3_config = backend_identity(data)
+    ports = dict(zip(PORT_OPTIONS, free_ports(len(PORT_OPTIONS)), strict=True))
+    log = open(data / "weed.log", "wb")  # noqa: SIM115
+    process = subprocess.Popen(
+        weed_command(find_weed(), data, s3_config, ports), stdout=log, stderr=subprocess.STDOUT
+    )
+    try:
+        wait_port(ports["s3.port"], process, "SeaweedFS")
+        endpoint = Endpoint(f"http://127.0.0.1:{ports['s3.port']}", access, secret)
+        _wait_writable(endpoint)
+        yield endpoint
+    finally:
+        stop_process(process, grace=3)  # SeaweedFS takes its time over SIGTERM; its data is scratch
+        log.close()
+
+
+def _wait_writable(endpoint: Endpoint) -> None:
+    """SeaweedFS answers on its S3 port a moment before it accepts writes."""
+    client = endpoint.client()
+    name = "probe-" + uuid.uuid4().hex[:8]
+    deadline = time.monotonic() + 60
+    while True:
+        try:
+            client.create_bucket(Bucket=name)
+            client.put_object(Bucket=name, Key="probe", Body=b"x")
+            client.delete_object(Bucket=name, Key="probe")
+            client.delete_bucket(Bucket=name)
+            return
+        except Exception:
+            if time.monotonic() > deadline:
+                raise
+            time.sleep(0.3)
+
+
+# -- trios3 -----------------------------------------------------------------------------------
+
+
+def self_signed_cert(directory: Path) -> tuple[Path, Path]:
+    """A certificate for 127.0.0.1 and localhost, made with `cryptography`: (cert, key) paths."""
+    from cryptography import x509
+    from cryptography.hazmat.primitives import hashes, serialization
+    from cryptography.hazmat.primitives.asymmetric import ec
+    from cryptography.x509.oid import NameOID
+
+    key = ec.generate_private_key(ec.SECP256R1())
+    name = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, "trios3-test")])
+    now = datetime.datetime.now(datetime.UTC)
+    cert = (
+        x509.CertificateBuilder()
+        .subject_name(name)
+        .issuer_name(name)
+        .public_key(key.public_key())
+        .serial_number(x509.random_serial_number())
+        .not_valid_before(now - datetime.timedelta(days=1))
+        .not_valid_after(now + datetime.timedelta(days=30))
+        .add_extension(
+            x509.SubjectAlternativeName(
+                [x509.DNSName("localhost"), x509.IPAddress(ipaddress.ip_address("127.0.0.1"))]
+            ),
+            critical=False,
+        )
+        .add_extension(x509.BasicConstraints(ca=True, path_length=None), critical=True)
+        .sign(key, hashes.SHA256())
+    )
+    cert_path, key_path = directory / "cert.pem", directory / "key.pem"
+    cert_path.write_bytes(cert.public_bytes(serialization.Encoding.PEM))
+    key_path.write_bytes(
+        key.private_bytes(
+            serialization.Encoding.PEM,
+            serialization.PrivateFormat.PKCS8,
+            serialization.NoEncryption(),
+        )
+    )
+    return cert_path, key_path
+
+
+def serve_command(port: int, *options: str) -> list[str]:
+    """``trios3 serve`` on 127.0.0.1:``port`` with ``options``, run by this Python."""
+    return [sys.executable, "-m", "trios3.cli", "serve", "--listen", f"127.0.0.1:{port}", *options]
+
+
+class Proxy(NamedTuple):
+    """A ``trios3 serve`` that :func:`start_proxy` started. A tuple, so that a test can say
+    ``process, endpoint, log = start_proxy(...)``; its owner stops it."""
+
+    process: subprocess.Popen
+    endpoint: Endpoint
+    log: BinaryIO  # the process's stdout and stderr
+
+    @property
+    def log_path(self) -> Path:
+        return Path(self.log.name)
+
+    def stop(self, grace: float = 10) -> float | None:
+        """:func:`stop_process`, then close the log."""
+        try:
+            return stop_process(self.process, grace)
+        finally:
+            self.log.close()
+
+
+def start_proxy(
+    backend: Endpoint,
+    directory: Path,
+    *,
+    tls: bool = False,
+    extra: Sequence[str] = (),
+    master_key: str | None = None,
+    env: Mapping[str, str] | None = None,
+    cgroup: Path | None = None,
+    log_path: Path | None = None,
+) -> Proxy:
+    """``trios3 serve`` as a user runs it, in front of ``backend``, once it accepts connections.
+
+    It gets credentials of its own and a master key of its own unless ``master_key`` is given
+    (replicas, or proxies that must read each other's objects, share one). ``tls``: HTTPS with a
+    self-signed certificate made in ``directory``; ``extra``: more command-line options; ``env``:
+    environment entries that win over these; ``cgroup``: a cgroup directory the process joins
+    before it execs, so that nothing it allocates is counted outside it; ``log_path``: where
+    its output goes (default ``directory/proxy.log``).
+    """
+    port = free_ports(1)[0]
+    master = master_key or base64.b64encode(MasterKey.generate()).decode()
+    env = {
+        **os.environ,
+        "TRIOS3_BACKEND_ACCESS_KEY_ID": backend.access_key,
+        "TRIOS3_BACKEND_SECRET_ACCESS_KEY": backend.secret_key,
+        "TRIOS3_ACCESS_KEY_ID": "proxyclient",
+        "TRIOS3_SECRET_ACCESS_KEY": "proxysecret-" + uuid.uuid4().hex,
+        "TRIOS3_MASTER_KEY": master,
+        **(env or {}),
+    }
+    command = serve_command(port, "--backend", backend.url, *extra)
+    ca = None
+    if tls:
+        cert, key = self_signed_cert(directory)
+        command += ["--tls-cert", str(cert), "--tls-key", str(key)]
+        ca = str(cert)
+    if cgroup is not None:
+        # The shell joins the group, then becomes the proxy.
+        joins = 'echo $$ > "$1" && shift && exec "$@"'
+        command = ["sh", "-c", joins, "sh", str(cgroup / "cgroup.procs"), *command]
+    log = open(log_path or directory / "proxy.log", "wb")  # noqa: SIM115
+    process = subprocess.Popen(command, env=env, stdout=log, stderr=subprocess.STDOUT)
+    try:
+        wait_port(port, process, "trios3")
+        if cgroup is not None:
+            groups = Path(f"/proc/{process.pid}/cgroup").read_text()
+            if cgroup.name not in groups:
+                raise RuntimeError(f"the proxy is not in {cgroup}: {groups}")
+    except BaseException:
+        stop_process(process)
+        log.close()
+        raise
+    endpoint = Endpoint(
+        f"{'https' if tls else 'http'}://127.0.0.1:{port}",
+        env["TRIOS3_ACCESS_KEY_ID"],
+        env["TRIOS3_SECRET_ACCESS_KEY"],
+        ca_bundle=ca,
+        master_key=master,
+    )
+    return Proxy(process, endpoint, log)
+
+
+@contextmanager
+def running_proxy(backend: Endpoint, directory: Path, **options) -> Iterator[Proxy]:
+    """:func:`start_proxy` (``directory`` made if need be) for the ``with`` block."""
+    directory.mkdir(parents=True, exist_ok=True)
+    proxy = start_proxy(backend, directory, **options)
+    try:
+        yield proxy
+    finally:
+        proxy.stop()
+
+
+@contextmanager
+def running_servers(prefix: str) -> Iterator[tuple[Endpoint, Proxy]]:
+    """A SeaweedFS and a trios3 in front of it, in a scratch directory named with ``prefix``,
+    for the ``with`` block: what a benchmark script runs against."""
+    with tempfile.TemporaryDirectory(prefix=prefix) as tmp:
+        scratch = Path(tmp)
+        with (
+            running_seaweedfs(scratch / "seaweedfs") as seaweedfs,
+            running_proxy(seaweedfs, scratch / "proxy") as proxy,
+        ):
+            yield seaweedfs, proxy
+
+
+# -- what test modules share ------------------------------------------------------------------
+
+
+def scratch_bucket(seaweedfs: Endpoint, prefix: str) -> Iterator[str]:
+    """A bucket made straight at the backend and removed afterwards with its objects and open
+    multipart uploads (for ``yield from`` in a fixture): SeaweedFS gives each bucket volumes of
+    its own and has only so many to give."""
+    client = seaweedfs.client()
+    name = f"{prefix}-{uuid.uuid4().hex[:16]}"
+    client.create_bucket(Bucket=name)
+    yield name
+    for page in client.get_paginator("list_multipart_uploads").paginate(Bucket=name):
+        for item in page.get("Uploads", []):
+            client.abort_multipart_upload(Bucket=name, Key=item["Key"], UploadId=item["UploadId"])
+    for page in client.get_paginator("list_objects_v2").paginate(Bucket=name):
+        keys = [{"Key": item["Key"]} for item in page.get("Contents", [])]
+        if keys:
+            client.delete_objects(Bucket=name, Delete={"Objects": keys, "Quiet": True})
+    client.delete_bucket(Bucket=name)
+
+
+def status(err) -> int:
+    """The HTTP status of a botocore ClientError."""
+    return err.response["ResponseMetadata"]["HTTPStatusCode"]
+
+
+def code(err) -> str:
+    """The S3 error code of a botocore ClientError."""
+    return err.response["Error"]["Code"]
+
+
+def new_key(prefix: str = "obj") -> str:
+    """A key no other test uses."""
+    return f"{prefix}-{uuid.uuid4().hex[:12]}"
+
+
+def set_metadata(backend, bucket: str, key: str, metadata: dict[str, str]) -> None:
+    """Replace an object's metadata straight at the backend (a same-key CopyObject), as
+    someone with write access to the backend could: for tamper and legacy-object tests."""
+    backend.copy_object(
+        Bucket=bucket,
+        Key=key,
+        CopySource={"Bucket": bucket, "Key": key},
+        MetadataDirective="REPLACE",
+        Metadata=metadata,
+    )
+
+
+class MemoryCgroup:
+    """A child of this process's cgroup-v1 memory group, with a hard limit (and memsw)."""
+
+    def __init__(self, path: Path) -> None:
+        self.path = path
+
+    @classmethod
+    def create(cls, name: str, limit: int) -> tuple[MemoryCgroup | None, str]:
+        """The group, or None and why not."""
+        try:
+            lines = Path("/proc/self/cgroup").read_text().splitlines()
+        except OSError as exc:
+            return None, f"cannot read /proc/self/cgroup: {exc}"
+        mine = next((ln.split(":", 2)[2] for ln in lines if ln.split(":")[1:2] == ["memory"]), None)
+        if mine is None:
+            return None, "no cgroup-v1 memory controller (cgroup2 has none here)"
+        base = Path("/sys/fs/cgroup/memory") / mine.lstrip("/")
+        if not (base / "memory.limit_in_bytes").exists():
+            return None, f"{base} has no memory.limit_in_bytes"
+        path = base / name
+        try:
+            path.mkdir()
+        except OSError as exc:
+            return None, f"cannot create {path}: {exc} (not root?)"
+        group = cls(path)
+        try:
+            group.write("memory.limit_in_bytes", limit)
+            if (path / "memory.memsw.limit_in_bytes").exists():
+                group.write("memory.memsw.limit_in_bytes", limit)
+        except OSError as exc:
+            group.remove()
+            return None, f"cannot set the limit on {path}: {exc}"
+        return group, ""
+
+    def write(self, name: str, value: int) -> None:
+        (self.path / name).write_text(f"{value}\n")
+
+    def read(self, name: str) -> str | None:
+        try:
+            return (self.path / name).read_text()
+        except OSError:
+            return None
+
+    def number(self, name: str) -> int | None:
+        text = self.read(name)
+        return int(text) if text and text.strip().isdigit() else None
+
+    def stats(self) -> dict:
+        out = {
+            "limit": self.number("memory.limit_in_bytes"),
+            "memsw_limit": self.number("memory.memsw.limit_in_bytes"),
+            "max_usage": self.number("memory.max_usage_in_bytes"),
+            "memsw_max_usage": self.number("memory.memsw.max_usage_in_bytes"),
+            "failcnt": self.number("memory.failcnt"),
+        }
+        for line in (self.read("memory.oom_control") or "").splitlines():
+            name, _, value = line.partition(" ")
+            if name in ("oom_kill", "under_oom"):
+                out[name] = int(value)
+        return out
+
+    def remove(self) -> None:
+        for _ in range(50):
+            try:
+                self.path.rmdir()
+                return
+            except FileNotFoundError:
+                return
+            except OSError:
+                time.sleep(0.1)
+        print(f"warning: could not remove {self.path}", file=sys.stderr)

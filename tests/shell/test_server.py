@@ -1,0 +1,270 @@
+"""The hypercorn adaptations of trios3.server, one test for each repair: a trivial raw ASGI app
+served by ``serve_connections`` on 127.0.0.1 port 0, driven over real sockets."""
+
+from __future__ import annotations
+
+import errno
+import math
+import os
+import socket
+import ssl
+from contextlib import asynccontextmanager
+from functools import partial
+
+import pytest
+import trio
+import trio.testing
+
+from trios3.config import Config
+from trios3.server import accept_retrying, hypercorn_config, listening_socket, serve_connections
+
+# hypercorn's idle timer keeps a connection this long; every wait below is far shorter.
+KEEP_ALIVE = 75
+WAIT = 10
+
+# A response body that begins as h11's bare ``100 Continue`` line does.
+LOOKALIKE = b"HTTP/1.1 100 \r\n\r\n"
+
+
+class App:
+    """A raw ASGI app: reads the request body, then answers 200 with ``ok:<body>`` (for
+    ``/lookalike``, with LOOKALIKE). A request for ``/hold`` waits for ``release`` first.
+    Each request's path goes to ``arrived`` once its body is read."""
+
+    def __init__(self) -> None:
+        self.release = trio.Event()
+        self._arrivals, self.arrived = trio.open_memory_channel[str](math.inf)
+
+    async def __call__(self, scope, receive, send) -> None:
+        if scope["type"] == "lifespan":
+            while True:
+                message = await receive()
+                if message["type"] == "lifespan.startup":
+                    await send({"type": "lifespan.startup.complete"})
+                else:
+                    await send({"type": "lifespan.shutdown.complete"})
+                    return
+        body = b""
+        while True:
+            message = await receive()
+            if message["type"] == "http.disconnect":
+                return
+            body += message.get("body", b"")
+            if not message.get("more_body"):
+                break
+        self._arrivals.send_nowait(scope["path"])
+        if scope["path"] == "/hold":
+            await self.release.wait()
+        payload = LOOKALIKE if scope["path"] == "/lookalike" else b"ok:" + body
+        headers = [(b"content-length", str(len(payload)).encode())]
+        await send({"type": "http.response.start", "status": 200, "headers": headers})
+        await send({"type": "http.response.body", "body": payload})
+
+
+@asynccontextmanager
+async def serving(app, *, max_connections: int = 16, config: Config | None = None):
+    """``app`` served by serve_connections as trios3 serves; yields the port."""
+    config = config or Config(listen="127.0.0.1:0")
+    with listening_socket(config.listen, config.send_timeout) as sock:
+        hc = hypercorn_config(config, sock, config.shutdown_timeout)
+        assert hc.keep_alive_timeout == KEEP_ALIVE
+        async with trio.open_nursery() as nursery:
+            serve = partial(serve_connections, shutdown_trigger=trio.sleep_forever)
+            binds = await nursery.start(serve, app, hc, max_connections)
+            yield int(binds[0].rsplit(":", 1)[1])
+            nursery.cancel_scope.cancel()
+        # hypercorn closed its duplicate of the socket, never the original.
+        assert sock.getsockname()[1] > 0
+
+
+def request(path: str, body: bytes = b"", *, expect: bool = False) -> bytes:
+    head = f"PUT {path} HTTP/1.1\r\nhost: test\r\ncontent-length: {len(body)}\r\n"
+    if expect:
+        return (head + "expect: 100-continue\r\n\r\n").encode()
+    return (head + "\r\n").encode() + body
+
+
+async def read_head(stream, buffer: bytes = b"") -> tuple[bytes, bytes]:
+    """(one message head, the bytes received after it)."""
+    while b"\r\n\r\n" not in buffer:
+        chunk = await stream.receive_some(65536)
+        assert chunk, "the server closed the connection"
+        buffer += chunk
+    head, _, rest = buffer.partition(b"\r\n\r\n")
+    return head, rest
+
+
+async def read_response(stream, buffer: bytes = b"") -> tuple[bytes, bytes]:
+    """(the response head, its body)."""
+    head, body = await read_head(stream, buffer)
+    lines = head.split(b"\r\n")
+    length = next(
+        int(v) for n, _, v in (x.partition(b":") for x in lines) if n == b"content-length"
+    )
+    while len(body) < length:
+        chunk = await stream.receive_some(65536)
+        assert chunk, "the server closed the connection"
+        body += chunk
+    return head, body
+
+
+def status_line(head: bytes) -> bytes:
+    return head.split(b"\r\n", 1)[0]
+
+
+async def test_100_continue_carries_its_reason_phrase():
+    """aws cli v2's botocore never sends the body after h11's bare ``HTTP/1.1 100``."""
+    async with serving(App()) as port:
+        stream = await trio.open_tcp_stream("127.0.0.1", port)
+        with trio.fail_after(WAIT):
+            await stream.send_all(request("/upload", b"hello", expect=True))
+            head, rest = await read_head(stream)
+            assert status_line(head) == b"HTTP/1.1 100 Continue"
+            await stream.send_all(b"hello")
+            head, body = await read_response(stream, rest)
+        assert status_line(head).startswith(b"HTTP/1.1 200")
+        assert body == b"ok:hello"
+        await stream.aclose()
+
+
+async def test_a_response_body_that_looks_like_a_bare_continue_is_sent_unchanged():
+    async with serving(App()) as port:
+        stream = await trio.open_tcp_stream("127.0.0.1", port)
+        with trio.fail_after(WAIT):
+            await stream.send_all(request("/lookalike"))
+            head, body = await read_response(stream)
+        assert status_line(head).startswith(b"HTTP/1.1 200")
+        assert body == LOOKALIKE
+        await stream.aclose()
+
+
+@pytest.mark.parametrize("when", ["after a response", "before any request"])
+async def test_a_connection_whose_client_closed_frees_its_slot_at_once(when):
+    """Not after keep_alive_timeout: with one slot, the next client is served at once."""
+    app = App()
+    async with serving(app, max_connections=1) as port:
+        with trio.fail_after(WAIT):
+            first = await trio.open_tcp_stream("127.0.0.1", port)
+            if when == "after a response":
+                await first.send_all(request("/first"))
+                await read_response(first)
+                # Until the server's side is idle: its keep-alive timer running.
+                await trio.testing.wait_all_tasks_blocked()
+            await first.aclose()
+            second = await trio.open_tcp_stream("127.0.0.1", port)
+            await second.send_all(request("/second", b"2"))
+            head, body = await read_response(second)
+        assert status_line(head).startswith(b"HTTP/1.1 200")
+        assert body == b"ok:2"
+        await second.aclose()
+
+
+async def test_a_connection_past_the_cap_is_accepted_only_when_one_ends():
+    app = App()
+    async with serving(app, max_connections=2) as port:
+        with trio.fail_after(WAIT):
+            held = []
+            for _ in range(2):
+                stream = await trio.open_tcp_stream("127.0.0.1", port)
+                await stream.send_all(request("/hold"))
+                assert await app.arrived.receive() == "/hold"
+                held.append(stream)
+            third = await trio.open_tcp_stream("127.0.0.1", port)  # the kernel's backlog
+            await third.send_all(request("/third", b"3"))
+            await trio.testing.wait_all_tasks_blocked()
+            with pytest.raises(trio.WouldBlock):
+                app.arrived.receive_nowait()  # not accepted, so not read
+            app.release.set()
+            await read_response(held[0])
+            await held[0].aclose()  # one ends: the third is accepted
+            _, body = await read_response(third)
+            assert await app.arrived.receive() == "/third"
+            await read_response(held[1])
+        assert body == b"ok:3"
+        for stream in (held[1], third):
+            await stream.aclose()
+
+
+class FlakyListener:
+    """A listener whose accept raises each of ``errors`` in turn, then succeeds."""
+
+    def __init__(self, *errors: OSError) -> None:
+        self.errors = list(errors)
+        self.accepts = 0
+        self.stream = object()
+
+    async def accept(self):
+        self.accepts += 1
+        if self.errors:
+            raise self.errors.pop(0)
+        return self.stream
+
+
+async def test_accept_waits_and_retries_when_out_of_descriptors(autojump_clock, caplog):
+    listener = FlakyListener(OSError(errno.EMFILE, "Too many open files"))
+    began = trio.current_time()
+    assert await accept_retrying(listener) is listener.stream
+    assert listener.accepts == 2
+    assert trio.current_time() - began >= 0.1  # it waited instead of spinning
+    assert "cannot accept a connection (Too many open files)" in caplog.text
+
+
+async def test_accept_raises_any_other_error():
+    listener = FlakyListener(OSError(errno.EBADF, "Bad file descriptor"))
+    with pytest.raises(OSError) as raised:
+        await accept_retrying(listener)
+    assert raised.value.errno == errno.EBADF
+
+
+@pytest.mark.skipif(not hasattr(socket, "TCP_USER_TIMEOUT"), reason="Linux only")
+@pytest.mark.parametrize("listen", ["127.0.0.1:0", "[::1]:0"])
+def test_the_listening_socket_and_its_connections_carry_tcp_user_timeout(listen):
+    """A client that stops reading is dropped by the kernel after ``send_timeout``."""
+    if ":" in listen.rpartition(":")[0] and not socket.has_ipv6:
+        pytest.skip("no IPv6")
+    with listening_socket(listen, send_timeout=2.5) as sock:
+        assert sock.getsockopt(socket.IPPROTO_TCP, socket.TCP_USER_TIMEOUT) == 2500
+        with socket.create_connection(sock.getsockname()[:2]):
+            accepted, _ = sock.accept()
+            with accepted:
+                assert accepted.getsockopt(socket.IPPROTO_TCP, socket.TCP_USER_TIMEOUT) == 2500
+
+
+def test_hypercorn_config_has_no_timeout_that_cuts_a_stream():
+    with listening_socket("127.0.0.1:0", send_timeout=30) as sock:
+        hc = hypercorn_config(Config(), sock, shutdown_timeout=12.5)
+        duplicate = int(hc.bind[0].removeprefix("fd://"))
+        try:
+            assert duplicate != sock.fileno()  # hypercorn closes the one it is given
+            assert hc.alpn_protocols == ["http/1.1"]
+            assert hc.read_timeout is None  # a pausing upload is the app's body timeout's
+            assert hc.keep_alive_timeout == KEEP_ALIVE  # idle connections only
+            assert hc.graceful_timeout == 12.5
+            assert hc.h11_max_incomplete_size == 16 * 1024
+            assert hc.max_app_queue_size == 2
+            assert hc.include_server_header is False
+            assert hc.accesslog is None and hc.errorlog is None
+            assert hc.certfile is None and hc.keyfile is None
+        finally:
+            os.close(duplicate)
+
+
+async def test_over_tls_http_1_1_is_chosen_even_when_the_client_prefers_h2(tmp_path):
+    """Go clients would pick h2, whose flow control hypercorn keeps at 64 KiB per stream."""
+    from harness import self_signed_cert
+
+    cert, key = self_signed_cert(tmp_path)
+    config = Config(listen="127.0.0.1:0", tls_cert=str(cert), tls_key=str(key))
+    async with serving(App(), config=config) as port:
+        context = ssl.create_default_context(cafile=str(cert))
+        context.set_alpn_protocols(["h2", "http/1.1"])
+        tcp = await trio.open_tcp_stream("127.0.0.1", port)
+        stream = trio.SSLStream(tcp, context, server_hostname="127.0.0.1")
+        with trio.fail_after(WAIT):
+            await stream.do_handshake()
+            assert stream.selected_alpn_protocol() == "http/1.1"
+            await stream.send_all(request("/tls", b"s"))
+            head, body = await read_response(stream)
+        assert status_line(head).startswith(b"HTTP/1.1 200")
+        assert body == b"ok:s"
+        await stream.aclose()
