@@ -76,7 +76,7 @@ import trio
 
 from trios3.core import format as fmt
 from trios3.core.keys import MasterKey
-from trios3.ops.streaming import lease_bytes
+from trios3.ops.streaming import UNITS, read_cost
 
 # The servers and clients the tests use too: tests/harness.py, tests/s3clients.py.
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent / "tests"))
@@ -569,6 +569,20 @@ async def run_load(
     ]
 
 
+def admitted_at_once(budget: int) -> int:
+    """How many GETs arriving at once an idle budget admits: each is given the unit that
+    MemoryBudget.lease_stream gives it (the largest whose cost is within a quarter of what
+    is free, the smallest once none is), until the smallest no longer fits."""
+    cost = read_cost(fmt.DEFAULT_SEGMENT_SIZE)
+    free, admitted = budget, 0
+    while True:
+        unit = next((u for u in UNITS if cost(u) <= free // 4), UNITS[-1])
+        if cost(unit) > free:
+            return admitted
+        free -= cost(unit)
+        admitted += 1
+
+
 async def budget_probe(client: RawClient, s: Settings, key: str, count: int, wait: float) -> int:
     """Open ``count`` GETs at once, read nothing, and count the ones admitted within ``wait``."""
     admitted = 0
@@ -744,7 +758,7 @@ async def run_scenario(sc: Scenario, weed, ctx: dict, args, s: Settings) -> Repo
         await trio.sleep(1)  # let the proxy finish logging the last disconnects
         log_end = log_path.stat().st_size
         if alive(proxy):
-            expected = args.budget_mib * MiB // lease_bytes(fmt.DEFAULT_SEGMENT_SIZE)
+            expected = admitted_at_once(args.budget_mib * MiB)
             got = await budget_probe(client, s, ctx["objects"][0][0], expected, args.probe_wait)
             report.probe = (got, expected)
             for upload in report.uploads:
@@ -1062,11 +1076,13 @@ def main() -> int:
         print("NOTE: running WITHOUT a memory cap (--no-cgroup)")
     if not multipart:
         print("--no-multipart: single-PUT objects and PutObjects only")
-    per_request = lease_bytes(fmt.DEFAULT_SEGMENT_SIZE)
+    cost = read_cost(fmt.DEFAULT_SEGMENT_SIZE)
     print(
-        f"budget {args.budget_mib} MiB, {per_request // KiB} KiB leased per GET/PUT -> "
-        f"{args.budget_mib * MiB // per_request} admitted at once; admission timeout "
-        f"{args.admission_timeout:g} s; 503s retried up to {args.retries} times"
+        f"budget {args.budget_mib} MiB; a GET leases {cost(UNITS[0]) // KiB} KiB (a quiet "
+        f"proxy, {UNITS[0] // KiB} KiB units) down to {cost(UNITS[-1]) // KiB} KiB (a busy "
+        f"one) -> {admitted_at_once(args.budget_mib * MiB)} admitted at once from idle; "
+        f"admission timeout {args.admission_timeout:g} s; 503s retried up to "
+        f"{args.retries} times"
     )
 
     master = base64.b64encode(MasterKey.generate()).decode()

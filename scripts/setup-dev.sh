@@ -1,12 +1,13 @@
 #!/usr/bin/env bash
 # Set up everything the tests need on a fresh Debian machine with Python 3.11:
-# the client tools from Debian's packages, and a virtualenv with trios3 and its extras.
+# the client tools from Debian's packages (restic and rclone for the client suite, curl and wrk
+# for scripts/bench.py), and a virtualenv with trios3 and its extras.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 if command -v apt-get >/dev/null && [ "$(id -u)" = 0 ]; then
     export DEBIAN_FRONTEND=noninteractive
     missing=()
-    for tool in restic rclone; do
+    for tool in restic rclone curl wrk; do
         command -v "$tool" >/dev/null || missing+=("$tool")
     done
     if [ "${#missing[@]}" -gt 0 ]; then

@@ -3,9 +3,13 @@ starts them, and what reads and stops them.
 
 A real SeaweedFS (``running_seaweedfs``) and ``trios3 serve`` in front of it (``start_proxy``,
 ``running_proxy``; both at once for a script: ``running_servers``), each on free loopback
-ports; ``Endpoint`` says how to reach either, and makes boto3 clients for it. Then the process
-readers the benchmarks report (``cpu_seconds``, ``vm_hwm_kib``, ``status_kib``) and the helpers
-test modules share (scratch buckets, botocore error fields). The clients that sign S3 requests
+ports; ``Endpoint`` says how to reach either, makes boto3 clients for it and presigns URLs.
+A SeaweedFS can serve HTTPS with a CA of its own (``running_seaweedfs(data, tls=True)``, the
+CA in the endpoint's ``ca_bundle``; ``private_ca``). Then the process readers the benchmarks
+report (``cpu_seconds``, ``vm_hwm_kib``, ``status_kib``; over a proxy and its workers:
+``process_tree``, ``tree_cpu_seconds``, ``reset_peak_rss``), what ``trios3 serve`` offers
+(``serve_has_option``), and the helpers test modules share (scratch buckets, botocore error
+fields). The clients that sign S3 requests
 without boto3 are in :mod:`s3clients`.
 
 How it is reached: under pytest, ``tests/`` is on ``sys.path`` because ``tests/conftest.py``
@@ -28,7 +32,7 @@ import sys
 import tempfile
 import time
 import uuid
-from collections.abc import Iterator, Mapping, Sequence
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
@@ -40,8 +44,8 @@ from trios3.embedded import PORT_OPTIONS, backend_identity, find_weed, free_port
 
 @dataclass(frozen=True)
 class Endpoint:
-    """How to reach an S3 server: its URL and credentials (and, for a trios3 over HTTPS, the
-    certificate to trust; for a trios3, the master key it encrypts with)."""
+    """How to reach an S3 server: its URL and credentials (and, over HTTPS, the certificate to
+    trust: a trios3's own, a SeaweedFS's CA; for a trios3, the master key it encrypts with)."""
 
     url: str
     access_key: str
@@ -70,6 +74,22 @@ class Endpoint:
             config=cfg,
             verify=self.ca_bundle if self.url.startswith("https") else None,
         )
+
+    def presigner(self, expires: int = 6 * 3600) -> Callable[[str, str, str], str]:
+        """A function ``(method, bucket, key) -> URL``: SigV4 query-signed URLs for ``GET`` or
+        ``PUT`` of ``bucket/key``, valid ``expires`` seconds, made by botocore's presigner (one
+        client for all of them). Only ``host`` is signed and the payload is ``UNSIGNED-PAYLOAD``,
+        so any client (curl, wrk) can send one, a PUT with any body; no checksum is added
+        (``request_checksum_calculation="when_required"``)."""
+        client = self.client(request_checksum_calculation="when_required")
+        operations = {"GET": "get_object", "PUT": "put_object"}
+
+        def presign(method: str, bucket: str, key: str) -> str:
+            return client.generate_presigned_url(
+                operations[method], Params={"Bucket": bucket, "Key": key}, ExpiresIn=expires
+            )
+
+        return presign
 
 
 # -- processes --------------------------------------------------------------------------------
@@ -138,22 +158,95 @@ def vm_hwm_kib(pid: int) -> int:
     return peak
 
 
+def _stat_fields(pid: int) -> tuple[str, list[str]] | None:
+    """The command name and the fields after it of /proc/<pid>/stat (``fields[1]`` is the
+    parent's pid); None once the process is gone."""
+    try:
+        with open(f"/proc/{pid}/stat") as f:
+            text = f.read()
+    except OSError:
+        return None
+    name, _, rest = text.partition(" (")[2].rpartition(")")
+    return name, rest.split()
+
+
+def children(pid: int) -> list[int]:
+    """The live processes whose parent is ``pid`` (a walk over /proc)."""
+    found = []
+    for entry in os.listdir("/proc"):
+        if entry.isdigit():
+            stat = _stat_fields(int(entry))
+            if stat is not None and stat[1][1] == str(pid):
+                found.append(int(entry))
+    return sorted(found)
+
+
+def process_tree(pid: int) -> list[int]:
+    """``pid`` and its live descendants: a proxy and the worker processes it runs."""
+    tree, todo = [], [pid]
+    while todo:
+        current = todo.pop()
+        tree.append(current)
+        todo += children(current)
+    return tree
+
+
+def process_name(pid: int) -> str | None:
+    """The command name of /proc/<pid>/stat (``weed``, ``python3.11``); None once gone."""
+    stat = _stat_fields(pid)
+    return stat[0] if stat else None
+
+
+def tree_cpu_seconds(pid: int) -> float:
+    """CPU seconds spent by ``pid`` and its descendants: utime + stime + cutime + cstime of
+    every live process of the tree. A descendant that has exited and been reaped is counted in
+    its parent's cutime/cstime, once; the difference of two readings is the tree's CPU between
+    them (a worker that exits between them and is not yet reaped goes missing from it)."""
+    total = 0
+    for member in process_tree(pid):
+        stat = _stat_fields(member)
+        if stat is not None:
+            total += sum(int(value) for value in stat[1][11:15])
+    return total / CLK_TCK
+
+
+def reset_peak_rss(pid: int) -> bool:
+    """Reset a process's VmHWM to its current RSS (``5`` into /proc/<pid>/clear_refs, root or
+    the process's owner), so that the next reading is the peak from now on; False if refused."""
+    try:
+        with open(f"/proc/{pid}/clear_refs", "w") as f:
+            f.write("5")
+    except OSError:
+        return False
+    return True
+
+
 # -- SeaweedFS --------------------------------------------------------------------------------
 
 
 @contextmanager
-def running_seaweedfs(data: Path) -> Iterator[Endpoint]:
+def running_seaweedfs(data: Path, *, tls: bool = False) -> Iterator[Endpoint]:
     """A SeaweedFS S3 server (``weed mini``, as the embedded backend runs it) on free ports, its
-    data and ``weed.log`` in ``data``, for the ``with`` block."""
+    data and ``weed.log`` in ``data``, for the ``with`` block.
+
+    ``tls``: its S3 port serves HTTPS only, with a server certificate signed by a CA of its own
+    (:func:`private_ca`, in ``data/tls``); the endpoint's ``ca_bundle`` is that CA, which no
+    system bundle trusts: a backend on premises with a private CA."""
     access, secret, s3_config = backend_identity(data)
     ports = dict(zip(PORT_OPTIONS, free_ports(len(PORT_OPTIONS)), strict=True))
+    command = weed_command(find_weed(), data, s3_config, ports)
+    ca = None
+    if tls:
+        # With a certificate and no -s3.port.https, weed serves HTTPS on -s3.port.
+        files = private_ca(data / "tls")
+        command += [f"-s3.cert.file={files.cert}", f"-s3.key.file={files.key}"]
+        ca = str(files.ca)
     log = open(data / "weed.log", "wb")  # noqa: SIM115
-    process = subprocess.Popen(
-        weed_command(find_weed(), data, s3_config, ports), stdout=log, stderr=subprocess.STDOUT
-    )
+    process = subprocess.Popen(command, stdout=log, stderr=subprocess.STDOUT)
     try:
         wait_port(ports["s3.port"], process, "SeaweedFS")
-        endpoint = Endpoint(f"http://127.0.0.1:{ports['s3.port']}", access, secret)
+        scheme = "https" if tls else "http"
+        endpoint = Endpoint(f"{scheme}://127.0.0.1:{ports['s3.port']}", access, secret, ca)
         _wait_writable(endpoint)
         yield endpoint
     finally:
@@ -221,9 +314,106 @@ def self_signed_cert(directory: Path) -> tuple[Path, Path]:
     return cert_path, key_path
 
 
+class TLSFiles(NamedTuple):
+    """A CA certificate and a server certificate and key it signed, as PEM files."""
+
+    ca: Path
+    cert: Path
+    key: Path
+
+
+def private_ca(directory: Path) -> TLSFiles:
+    """A certificate authority of its own (``ca.pem``) and a server certificate for 127.0.0.1
+    and localhost that it signed (``server.pem``, ``server-key.pem``), in ``directory`` (made
+    if need be), with `cryptography`. Unlike :func:`self_signed_cert`, the server's certificate
+    is not a CA: a client trusts it only through ``ca.pem``, as with a company's own CA."""
+    from cryptography import x509
+    from cryptography.hazmat.primitives import hashes, serialization
+    from cryptography.hazmat.primitives.asymmetric import ec
+    from cryptography.x509.oid import ExtendedKeyUsageOID, NameOID
+
+    directory.mkdir(parents=True, exist_ok=True)
+    now = datetime.datetime.now(datetime.UTC)
+    valid = (now - datetime.timedelta(days=1), now + datetime.timedelta(days=30))
+    ca_key = ec.generate_private_key(ec.SECP256R1())
+    ca_name = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, "trios3-test private CA")])
+    ca_cert = (
+        x509.CertificateBuilder()
+        .subject_name(ca_name)
+        .issuer_name(ca_name)
+        .public_key(ca_key.public_key())
+        .serial_number(x509.random_serial_number())
+        .not_valid_before(valid[0])
+        .not_valid_after(valid[1])
+        .add_extension(x509.BasicConstraints(ca=True, path_length=0), critical=True)
+        .add_extension(
+            x509.KeyUsage(
+                digital_signature=False,
+                content_commitment=False,
+                key_encipherment=False,
+                data_encipherment=False,
+                key_agreement=False,
+                key_cert_sign=True,
+                crl_sign=True,
+                encipher_only=False,
+                decipher_only=False,
+            ),
+            critical=True,
+        )
+        .add_extension(x509.SubjectKeyIdentifier.from_public_key(ca_key.public_key()), False)
+        .sign(ca_key, hashes.SHA256())
+    )
+    key = ec.generate_private_key(ec.SECP256R1())
+    cert = (
+        x509.CertificateBuilder()
+        .subject_name(x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, "127.0.0.1")]))
+        .issuer_name(ca_name)
+        .public_key(key.public_key())
+        .serial_number(x509.random_serial_number())
+        .not_valid_before(valid[0])
+        .not_valid_after(valid[1])
+        .add_extension(
+            x509.SubjectAlternativeName(
+                [x509.DNSName("localhost"), x509.IPAddress(ipaddress.ip_address("127.0.0.1"))]
+            ),
+            critical=False,
+        )
+        .add_extension(x509.BasicConstraints(ca=False, path_length=None), critical=True)
+        .add_extension(x509.ExtendedKeyUsage([ExtendedKeyUsageOID.SERVER_AUTH]), critical=False)
+        .add_extension(
+            x509.AuthorityKeyIdentifier.from_issuer_public_key(ca_key.public_key()), False
+        )
+        .sign(ca_key, hashes.SHA256())
+    )
+    files = TLSFiles(directory / "ca.pem", directory / "server.pem", directory / "server-key.pem")
+    files.ca.write_bytes(ca_cert.public_bytes(serialization.Encoding.PEM))
+    files.cert.write_bytes(cert.public_bytes(serialization.Encoding.PEM))
+    files.key.write_bytes(
+        key.private_bytes(
+            serialization.Encoding.PEM,
+            serialization.PrivateFormat.PKCS8,
+            serialization.NoEncryption(),
+        )
+    )
+    return files
+
+
 def serve_command(port: int, *options: str) -> list[str]:
     """``trios3 serve`` on 127.0.0.1:``port`` with ``options``, run by this Python."""
     return [sys.executable, "-m", "trios3.cli", "serve", "--listen", f"127.0.0.1:{port}", *options]
+
+
+def serve_has_option(option: str) -> bool:
+    """Whether ``trios3 serve --help`` (run by this Python) lists ``option`` (``--workers``):
+    for scripts that use an option only where the code has it."""
+    result = subprocess.run(
+        [sys.executable, "-m", "trios3.cli", "serve", "--help"],
+        capture_output=True,
+        text=True,
+        timeout=60,
+        check=False,
+    )
+    return option in result.stdout.replace(",", " ").split()
 
 
 class Proxy(NamedTuple):

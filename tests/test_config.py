@@ -82,6 +82,12 @@ def test_flags_and_environment_give_the_same_config():
         ([], {"TRIOS3_SECRET_ACCESS_KEY": ""}, "TRIOS3_ACCESS_KEY_ID"),
         (["--backend", "ftp://x"], {}, "--backend"),
         (["--credentials", "/nonexistent.toml"], {}, "--credentials"),
+        (["--backend-ca-bundle", "/nonexistent.pem"], {}, "--backend-ca-bundle: no such file"),
+        ([], {"TRIOS3_BACKEND_CA_BUNDLE": "/nonexistent.pem"}, "--backend-ca-bundle"),
+        (["--workers", "0"], {}, "--workers: expected a positive number"),
+        (["--workers", "two"], {}, "--workers"),
+        (["--workers", "4", "--max-requests", "3"], {}, "a share of --max-requests"),
+        ([], {"TRIOS3_WORKERS": "8", "TRIOS3_MAX_CONNECTIONS": "4"}, "--max-connections"),
     ],
 )
 def test_invalid_configuration_is_one_clear_error(argv, env_change, message):
@@ -292,7 +298,13 @@ def test_help_shows_each_options_variable_and_default():
     tool = argparse.ArgumentParser()
     add_tool_options(tool, {})
     flags = [a.option_strings[0] for a in tool._actions if a.option_strings[0] != "-h"]
-    assert flags == ["--backend", "--backend-region", "--key-file", "--backend-timeout"]
+    assert flags == [
+        "--backend",
+        "--backend-region",
+        "--backend-ca-bundle",
+        "--key-file",
+        "--backend-timeout",
+    ]
 
 
 def test_logging_options_are_one_clear_line():
@@ -324,6 +336,7 @@ def test_each_part_gets_its_view_of_the_config():
         secret_key="backendsecret",
         max_connections=2 * 10 + 8,  # two per request in flight, and a few more
         timeout=7.0,
+        ca_bundle=None,  # the system's CAs
     )
     assert "backendsecret" not in repr(backend) and "backendsecret" not in repr(config)
     proxy = config.proxy()
@@ -376,3 +389,61 @@ def test_offline_tools_read_the_same_fields():
     assert (settings.url, settings.region, settings.timeout) == ("http://s3.local:9000", "eu", 7.0)
     assert (settings.access_key, settings.secret_key) == ("backend", "backendsecret")
     assert keyring.primary.key_id == MasterKey.from_base64(KEY).key_id
+
+
+# -- --workers and --backend-ca-bundle ---------------------------------------------------------
+
+
+def test_workers_are_one_by_default_and_a_flag_or_a_variable():
+    assert Config().workers == 1
+    assert config_from(["--backend", "http://x:1"], BASE_ENV).workers == 1
+    assert config_from(["--backend", "http://x:1", "--workers", "3"], BASE_ENV).workers == 3
+    env = {**BASE_ENV, "TRIOS3_WORKERS": "2"}
+    assert config_from(["--backend", "http://x:1"], env).workers == 2
+    serve = argparse.ArgumentParser()
+    add_serve_options(serve, {})
+    text = " ".join(serve.format_help().split())
+    assert "[TRIOS3_WORKERS; default 1]" in text
+
+
+def test_each_worker_gets_its_share_and_the_shares_add_up_to_the_totals():
+    mib = 1024**2
+    config = Config(workers=3, memory_budget=64 * mib + 1, max_requests=256, max_connections=10)
+    shares = [config.worker_share(slot) for slot in range(3)]
+    assert [s.memory_budget for s in shares] == [64 * mib // 3 + 1] * 2 + [64 * mib // 3]
+    assert [s.max_requests for s in shares] == [86, 85, 85]
+    assert [s.max_connections for s in shares] == [4, 3, 3]
+    assert sum(s.memory_budget for s in shares) == config.memory_budget
+    # Everything else is the supervisor's, and each worker's backend pool follows its share.
+    assert all(s.listen == config.listen and s.workers == 3 for s in shares)
+    assert shares[0].backend_timeout == config.backend_timeout
+    assert Config(workers=1).worker_share(0) == Config(workers=1)
+    with pytest.raises(ValueError):
+        config.worker_share(3)
+
+
+def test_the_backend_ca_bundle_reaches_the_backend_view_and_the_offline_tools(tmp_path):
+    bundle = tmp_path / "ca.pem"
+    bundle.write_text("-----BEGIN CERTIFICATE-----\n")  # only its existence is checked here
+    from_flag = config_from(
+        ["--backend", "https://s3.local:9000", "--backend-ca-bundle", str(bundle)], BASE_ENV
+    )
+    env = {**BASE_ENV, "TRIOS3_BACKEND_CA_BUNDLE": str(bundle)}
+    from_env = config_from(["--backend", "https://s3.local:9000"], env)
+    for config in (from_flag, from_env):
+        assert config.backend_ca_bundle == str(bundle)
+        assert config.backend().ca_bundle == str(bundle)
+        assert config.proxy().backend.ca_bundle == str(bundle)
+    assert config_from(["--backend", "http://x:1"], BASE_ENV).backend().ca_bundle is None
+    assert BackendSettings.with_defaults("http://x:1", "eu", "a", "s").ca_bundle is None
+
+    parser = argparse.ArgumentParser()
+    add_tool_options(parser, env)
+    settings, _ = tool_settings(parser.parse_args(["--backend", "https://s3.local:9000"]), env)
+    assert settings.ca_bundle == str(bundle)
+    parser = argparse.ArgumentParser()
+    add_tool_options(parser, BASE_ENV)
+    missing = parser.parse_args(["--backend", "https://x:1", "--backend-ca-bundle", "/no.pem"])
+    with pytest.raises(ConfigError) as caught:
+        tool_settings(missing, BASE_ENV)
+    assert str(caught.value) == "--backend-ca-bundle: no such file: /no.pem"

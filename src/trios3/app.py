@@ -16,12 +16,11 @@ from contextlib import AsyncExitStack
 from datetime import UTC, datetime
 from urllib.parse import unquote
 
-import httpx
 import trio
 from quart_trio import QuartTrio
 
-from trios3.backend import Backend, open_backend
-from trios3.body import ClientChannel, ClientDisconnected
+from trios3.backend import Backend, BackendUnavailable, open_backend
+from trios3.body import READ_UNIT, ClientChannel, ClientDisconnected
 from trios3.budget import MemoryBudget
 from trios3.config import ProxySettings
 from trios3.core import sigv4
@@ -118,6 +117,7 @@ class S3Proxy:
         self.budget = MemoryBudget(settings.memory_budget, settings.admission_timeout)
         self.stats = Counts()
         self._backend = backend
+        self._signing_keys = sigv4.SigningKeys()
         self.metrics = Metrics(self.stats, self.budget.stats, self._pool_connections)
         self._admin = _admin_app(self)
 
@@ -132,7 +132,7 @@ class S3Proxy:
         with trio.move_on_after(READINESS_TIMEOUT):
             try:
                 await self._backend.request("HEAD", max_body=0)
-            except httpx.HTTPError:
+            except BackendUnavailable:
                 return "the backend does not answer"
             return None
         return "the backend does not answer"
@@ -184,7 +184,12 @@ class S3Proxy:
         target: Target | None = None
         try:
             async with trio.open_nursery() as nursery:
-                channel = ClientChannel(receive, nursery.cancel_scope, self.settings.body_timeout)
+                channel = ClientChannel(
+                    receive,
+                    nursery.cancel_scope,
+                    self.settings.body_timeout,
+                    scope.get("state", {}).get(READ_UNIT),
+                )
                 respond.before_last = channel.stop_reading
                 nursery.start_soon(channel.run)
                 try:
@@ -214,6 +219,8 @@ class S3Proxy:
             shutdown = True  # cancelled from outside: the server is stopping
             raise
         finally:
+            if channel is not None:
+                channel.done()
             stats.in_flight -= 1
             disconnected = channel is not None and channel.disconnected
             cut = not respond.finished
@@ -268,7 +275,7 @@ class S3Proxy:
                 "%s %s: stored object failed authentication: %s", request_id, operation, exc
             )
             return S3Error("InternalError", "The stored object failed authentication.")
-        if isinstance(exc, httpx.TransportError):
+        if isinstance(exc, BackendUnavailable):
             self.stats.backend_failures += 1
             log.warning("%s %s: the backend failed: %r", request_id, operation, exc)
             return S3Error("ServiceUnavailable", "The backend failed during the request.")
@@ -296,7 +303,14 @@ class S3Proxy:
         if secret is None:
             raise S3Error("InvalidAccessKeyId", fields={"AWSAccessKeyId": auth.access_key})
         signing_key = sigv4.verify(
-            auth, secret, scope["method"], raw_path, query_string, pairs, datetime.now(UTC)
+            auth,
+            secret,
+            scope["method"],
+            raw_path,
+            query_string,
+            pairs,
+            datetime.now(UTC),
+            keys=self._signing_keys,
         )
         return Exchange(
             services=self.services,

@@ -1,24 +1,28 @@
-"""The backend S3 client: one pooled httpx client, every request signed with the backend's keys.
+"""The backend S3 client: every request signed with the backend's keys, sent over the pool.
 
 The client is owned by the scope that opens :func:`open_backend` (the app's lifespan), never
 by a module. Bodies stream both ways: uploads go out with an explicit Content-Length (S3
-refuses chunked transfer encoding), downloads are read raw (no Content-Encoding decoding:
-the bytes are ciphertext).
+refuses chunked transfer encoding), downloads are read as received (trios3.connections): the
+bytes are ciphertext, never content-decoded.
 """
 
 from __future__ import annotations
 
 import hashlib
+import ssl
 from collections.abc import AsyncIterable, AsyncIterator, Sequence
 from contextlib import asynccontextmanager
 from datetime import UTC, datetime
-
-import httpx
+from urllib.parse import urlsplit
 
 from trios3.config import BackendSettings
+from trios3.connections import BackendUnavailable, ConnectionPool, Response, Timeouts
 from trios3.core import sigv4
 from trios3.core.errors import S3Error
+from trios3.core.http1 import request_head
 from trios3.core.s3xml import parse_error
+
+__all__ = ["SMALL_BODY", "Backend", "BackendUnavailable", "Response", "open_backend"]
 
 # The most the proxy reads of a backend answer that is a small XML document (a result or an
 # error): more means something is wrong at the backend.
@@ -35,19 +39,28 @@ _BACKEND_AUTH_ERRORS = {
 class Backend:
     """Signs and sends requests to the backend S3 endpoint (path-style)."""
 
-    def __init__(self, settings: BackendSettings, client: httpx.AsyncClient) -> None:
+    def __init__(self, settings: BackendSettings, pool: ConnectionPool) -> None:
         self.settings = settings
-        self._client = client
-        base = httpx.URL(settings.url)
-        self._base = base
-        self._host = base.netloc.decode("ascii")
-        self._prefix = base.raw_path.rstrip(b"/").decode("ascii")
+        self._pool = pool
+        url = urlsplit(settings.url)
+        self._host = url.netloc
+        self._prefix = url.path.rstrip("/")
+        self._keys = sigv4.SigningKeys()
 
     @property
     def pool_connections(self) -> int:
-        """Connections currently held by the pool (open or in use), for tests and metrics."""
-        pool = self._client._transport._pool  # type: ignore[attr-defined]
-        return len(pool.connections)
+        """Connections the pool holds open now (idle or in use), for tests and metrics."""
+        return self._pool.connections
+
+    @property
+    def busy_connections(self) -> int:
+        """Connections carrying a request now (for tests: none once requests are over)."""
+        return len(self._pool.busy)
+
+    @property
+    def waiting_requests(self) -> int:
+        """Requests waiting for a free connection."""
+        return self._pool.waiting
 
     @asynccontextmanager
     async def stream(
@@ -60,20 +73,17 @@ class Backend:
         headers: Sequence[tuple[str, str]] = (),
         body: bytes | AsyncIterable[bytes] | None = None,
         content_length: int | None = None,
-    ) -> AsyncIterator[httpx.Response]:
+    ) -> AsyncIterator[Response]:
         """Send one signed request; the response body is read inside the ``async with``.
 
-        Leaving the block (normally, by error or by cancellation) closes the response, so a
-        cancelled stream never leaves a connection half-read in the pool.
+        Leaving the block (normally, by error or by cancellation) before the body's end
+        closes the connection, so a pooled connection is never left half-read. Transport
+        failures (unreachable, silent, dropped) are :class:`BackendUnavailable`, and the app
+        answers and counts them in one place, wherever in a request they happen.
         """
-        request = self._build(method, bucket, key, query, headers, body, content_length)
-        # Transport failures (unreachable, silent, dropped) propagate as httpx errors, and the
-        # app answers and counts them in one place, wherever in a request they happen.
-        response = await self._client.send(request, stream=True)
-        try:
+        head = self._head(method, bucket, key, query, headers, body, content_length)
+        async with self._pool.exchange(method, head, body, content_length) as response:
             yield response
-        finally:
-            await response.aclose()
 
     async def request(
         self,
@@ -85,7 +95,7 @@ class Backend:
         headers: Sequence[tuple[str, str]] = (),
         body: bytes | None = None,
         max_body: int = 16 * 1024 * 1024,
-    ) -> tuple[httpx.Response, bytes]:
+    ) -> tuple[Response, bytes]:
         """A request whose response body is small (XML): read whole, up to ``max_body``."""
         async with self.stream(
             method, bucket, key, query=query, headers=headers, body=body
@@ -93,7 +103,7 @@ class Backend:
             data = await read_limited(response, max_body)
         return response, data
 
-    def _build(
+    def _head(
         self,
         method: str,
         bucket: str | None,
@@ -102,7 +112,7 @@ class Backend:
         headers: Sequence[tuple[str, str]],
         body: bytes | AsyncIterable[bytes] | None,
         content_length: int | None,
-    ) -> httpx.Request:
+    ) -> bytes:
         path = self._prefix + "/"
         if bucket:
             path += sigv4.uri_encode(bucket)
@@ -130,24 +140,17 @@ class Backend:
             self.settings.secret_key,
             self.settings.region,
             datetime.now(UTC),
+            keys=self._keys,
         )
+        # The request target goes out exactly as signed ("." and ".." segments are valid in
+        # S3 keys). The bytes are ciphertext or XML read raw: no content coding is asked for.
         raw_query = sigv4.canonical_query_string(list(query))
-        raw_path = path.encode("ascii") + (b"?" + raw_query.encode("ascii") if raw_query else b"")
-        url = self._base.copy_with(raw_path=raw_path)
-        # The request target goes out as signed: httpx would otherwise normalise "." and ".."
-        # segments (valid in S3 keys) after signing. The bytes are ciphertext or XML read raw,
-        # so no content coding is asked for.
+        target = path + ("?" + raw_query if raw_query else "")
         out.append(("accept-encoding", "identity"))
-        return self._client.build_request(
-            method,
-            url,
-            headers=[(n, v) for n, v in out if n != "host"],
-            content=body,
-            extensions={"target": raw_path},
-        )
+        return request_head(method, target.encode("ascii"), out)
 
 
-def backend_error(response: httpx.Response, body: bytes) -> S3Error:
+def backend_error(response: Response, body: bytes) -> S3Error:
     """The S3 error to give the client for a failed backend response."""
     parsed = parse_error(body) if body else None
     status = response.status_code
@@ -166,7 +169,7 @@ def backend_error(response: httpx.Response, body: bytes) -> S3Error:
     return S3Error(code, message or None, status=status)
 
 
-async def read_limited(response: httpx.Response, limit: int) -> bytes:
+async def read_limited(response: Response, limit: int) -> bytes:
     """Read a whole (small) response body, refusing to hold more than ``limit`` bytes."""
     parts: list[bytes] = []
     size = 0
@@ -178,17 +181,31 @@ async def read_limited(response: httpx.Response, limit: int) -> bytes:
     return b"".join(parts)
 
 
+def ssl_context(ca_bundle: str | None) -> ssl.SSLContext:
+    """Verification against the system's trusted CAs, or only those of ``ca_bundle`` (a
+    backend with a private CA); HTTP/1.1 only."""
+    context = ssl.create_default_context(cafile=ca_bundle)
+    context.set_alpn_protocols(["http/1.1"])
+    return context
+
+
 @asynccontextmanager
 async def open_backend(settings: BackendSettings) -> AsyncIterator[Backend]:
-    """One pooled client for the lifetime of the ``async with`` (the app's lifespan)."""
-    limits = httpx.Limits(
-        max_connections=settings.max_connections,
-        max_keepalive_connections=min(64, settings.max_connections),
-        keepalive_expiry=30.0,
-    )
-    # Per-operation inactivity timeouts, not a total: a 5 GiB body may take long, but a
-    # backend that stops sending for minutes is gone.
+    """One connection pool for the lifetime of the ``async with`` (the app's lifespan)."""
+    url = urlsplit(settings.url)
+    tls = url.scheme == "https"
+    # Per-operation silences, not totals: a 5 GiB body may take long, but a backend that
+    # stops sending for minutes is gone.
     silence = settings.timeout
-    timeout = httpx.Timeout(connect=min(10.0, silence), read=silence, write=silence, pool=60.0)
-    async with httpx.AsyncClient(limits=limits, timeout=timeout, trust_env=False) as client:
-        yield Backend(settings, client)
+    pool = ConnectionPool(
+        url.hostname or "",
+        url.port or (443 if tls else 80),
+        ssl_context=ssl_context(getattr(settings, "ca_bundle", None)) if tls else None,
+        timeouts=Timeouts(connect=min(10.0, silence), read=silence, write=silence, pool=60.0),
+        max_connections=settings.max_connections,
+        max_idle=min(64, settings.max_connections),
+    )
+    try:
+        yield Backend(settings, pool)
+    finally:
+        pool.close_idle()

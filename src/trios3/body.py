@@ -25,6 +25,26 @@ class ClientDisconnected(Exception):
     """The client closed the connection before its body ended."""
 
 
+# The key of a connection's ReadUnit in the ASGI scope's state (trios3.server puts it there).
+READ_UNIT = "trios3.read_unit"
+
+
+class ReadUnit:
+    """How much one read of a client's connection takes in.
+
+    Until a request is admitted, what the server reads of its body sits outside every lease,
+    so reads are small (:attr:`DEFAULT`); a request whose lease covers larger reads raises
+    it for its own body (:meth:`ClientChannel.read_in`), and it drops back when the request
+    ends. One per connection: HTTP/1.1 serves one request at a time on it.
+    """
+
+    DEFAULT = 64 * 1024
+    __slots__ = ("size",)
+
+    def __init__(self) -> None:
+        self.size = self.DEFAULT
+
+
 class ClientChannel:
     """Owns the ASGI ``receive`` callable for one request.
 
@@ -36,10 +56,17 @@ class ClientChannel:
     request is awaiting, and hypercorn is never left blocked on a full queue.
     """
 
-    def __init__(self, receive, scope: trio.CancelScope, body_timeout: float) -> None:
+    def __init__(
+        self,
+        receive,
+        scope: trio.CancelScope,
+        body_timeout: float,
+        read_unit: ReadUnit | None = None,
+    ) -> None:
         self._receive = receive
         self._scope = scope
         self._body_timeout = body_timeout
+        self._read_unit = read_unit
         self._send, self._recv = trio.open_memory_channel[bytes](0)
         self.disconnected = False
         self.received = 0  # body bytes that came in, read or discarded
@@ -66,6 +93,17 @@ class ClientChannel:
                 body_open = False
                 self._send.close()
 
+    def read_in(self, size: int) -> None:
+        """Let the connection read this request's body ``size`` bytes at a time (what its
+        lease covers); :meth:`done` puts it back."""
+        if self._read_unit is not None:
+            self._read_unit.size = max(ReadUnit.DEFAULT, size)
+
+    def done(self) -> None:
+        """The request is over: the connection's reads are small again."""
+        if self._read_unit is not None:
+            self._read_unit.size = ReadUnit.DEFAULT
+
     def stop_reading(self) -> None:
         """The request reads no more of its body: from now on it is drained and dropped.
 
@@ -73,6 +111,7 @@ class ClientChannel:
         body was read (an error, a 503), hypercorn closes the connection and must be able to
         hand this request its disconnect, which it cannot while its queue is full.
         """
+        self.done()
         self._recv.close()
 
     async def discard(self, limit: int) -> None:

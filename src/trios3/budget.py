@@ -12,6 +12,7 @@ alone rather than failing.
 from __future__ import annotations
 
 from collections import deque
+from collections.abc import Callable
 from contextlib import asynccontextmanager
 from dataclasses import dataclass, field
 
@@ -55,6 +56,31 @@ class MemoryBudget:
     @property
     def in_use(self) -> int:
         return self._in_use
+
+    @asynccontextmanager
+    async def lease_stream(self, cost: Callable[[int], int], units: tuple[int, ...]):
+        """Hold the budget for a stream that moves its bytes in units of one of ``units``
+        (largest first), for the body of the ``async with``; ``cost(unit)`` is what the stream
+        holds at most with that unit.
+
+        The unit follows the free budget: the largest whose cost is within a quarter of what
+        is free when nobody waits (a quiet proxy moves bytes in large units, at less CPU per
+        byte), the smallest otherwise (under a flood, as many streams as possible fit, and
+        this one waits in line for no more than the least it can work with). Yields a
+        :class:`StreamLease`, which the stream may shrink once it knows it needs less (a
+        small object): giving back never waits.
+        """
+        smallest = units[-1]
+        unit = smallest
+        if not self._queue:
+            free = self._capacity - self._in_use
+            unit = next((u for u in units if cost(u) <= free // 4), smallest)
+        granted = await self._acquire(cost(unit))
+        held = StreamLease(self, unit, granted, cost)
+        try:
+            yield held
+        finally:
+            self._release(held.nbytes)
 
     @asynccontextmanager
     async def lease(self, nbytes: int):
@@ -118,3 +144,28 @@ class MemoryBudget:
             self.stats.in_use = self._in_use
             waiter.event.set()
         self.stats.waiting = len(self._queue)
+
+
+class StreamLease:
+    """A stream's share of the budget: its unit, and the bytes held for it."""
+
+    __slots__ = ("_budget", "_cost", "nbytes", "unit")
+
+    def __init__(
+        self, budget: MemoryBudget, unit: int, nbytes: int, cost: Callable[[int], int]
+    ) -> None:
+        self._budget = budget
+        self._cost = cost
+        self.unit = unit
+        self.nbytes = nbytes
+
+    def shrink(self, unit: int) -> None:
+        """Move in units of ``unit`` from now on (never more than before), and give back what
+        that no longer needs."""
+        if unit >= self.unit:
+            return
+        keep = min(self.nbytes, max(1, self._cost(unit)))
+        freed = self.nbytes - keep
+        self.unit, self.nbytes = unit, keep
+        if freed:
+            self._budget._release(freed)

@@ -29,6 +29,8 @@ def _parser() -> argparse.ArgumentParser:
     commands = parser.add_subparsers(dest="command", required=True)
     serve = commands.add_parser("serve", help="run the encrypting S3 proxy")
     add_serve_options(serve, os.environ)
+    # Internal: what makes ``serve`` one worker of a supervisor (trios3.workers).
+    serve.add_argument("--worker-channel", type=int, help=argparse.SUPPRESS)
     keygen = commands.add_parser("keygen", help="write a new master key file (mode 0600)")
     keygen.add_argument("path", help="the key file to create")
     added = keygen.add_mutually_exclusive_group()
@@ -61,7 +63,12 @@ def _parser() -> argparse.ArgumentParser:
 
 
 class JsonLines(logging.Formatter):
-    """One JSON object per log line; a request's line carries its fields as keys."""
+    """One JSON object per log line; a request's line carries its fields as keys (with
+    ``pid``: the process's id too, which with --workers says which worker)."""
+
+    def __init__(self, *, pid: bool = False) -> None:
+        super().__init__()
+        self._pid = pid
 
     def format(self, record: logging.LogRecord) -> str:
         line = {
@@ -70,6 +77,8 @@ class JsonLines(logging.Formatter):
             "logger": record.name,
             "message": record.getMessage(),
         }
+        if self._pid:
+            line["pid"] = record.process
         line.update(getattr(record, "request", {}))
         if record.exc_info:
             line["exception"] = self.formatException(record.exc_info)
@@ -96,10 +105,13 @@ def _banner(config, binds) -> str:
         ]
     else:
         lines.append(f"backend: {config.backend_url}")
+    if config.workers > 1:
+        lines.append(f"workers: {config.workers}")
     return "\n".join(lines)
 
 
 def main(argv: list[str] | None = None) -> int:
+    argv = sys.argv[1:] if argv is None else list(argv)
     args = _parser().parse_args(argv)
     if args.command == "keygen":
         try:
@@ -125,19 +137,29 @@ def main(argv: list[str] | None = None) -> int:
     except (ConfigError, EmbeddedUnavailable) as exc:
         return _fail(str(exc))
     handler = logging.StreamHandler()
+    workers = config.workers > 1  # every line says which process wrote it
     if config.log_format == "json":
-        handler.setFormatter(JsonLines())
+        handler.setFormatter(JsonLines(pid=workers))
     else:
-        handler.setFormatter(logging.Formatter("%(asctime)s %(levelname)s %(name)s %(message)s"))
+        name = "%(name)s[%(process)d]" if workers else "%(name)s"
+        handler.setFormatter(logging.Formatter(f"%(asctime)s %(levelname)s {name} %(message)s"))
     logging.basicConfig(level=config.log_level, handlers=[handler])
-    # One line per request is trios3's own; httpx would add one per backend request.
-    logging.getLogger("httpx").setLevel(logging.WARNING)
 
     async def run() -> None:
-        from trios3.serve import serve
+        if args.worker_channel is not None:  # one worker of a supervisor: no banner
+            from trios3.workers import serve_worker
 
+            await serve_worker(config, args.worker_channel)
+            return
         async with trio.open_nursery() as nursery:
-            binds = await nursery.start(serve, config)
+            if workers:  # the supervisor serves nothing itself: it never imports the app
+                from trios3.workers import supervise
+
+                binds = await nursery.start(supervise, config, argv)
+            else:
+                from trios3.serve import serve
+
+                binds = await nursery.start(serve, config)
             print(_banner(config, binds), flush=True)
 
     try:

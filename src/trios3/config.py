@@ -10,7 +10,8 @@ reads the environment after :func:`build_config` (or :func:`tool_settings`).
 Each part of the server gets its view of the Config and nothing more: :meth:`Config.backend`
 for the backend client (:class:`BackendSettings`), :meth:`Config.proxy` for the app
 (:class:`ProxySettings`). The views have no defaults of their own: they are always made from a
-Config, whose defaults they then share.
+Config, whose defaults they then share. With ``--workers N``, each worker serves its share of
+the Config (:meth:`Config.worker_share`): the limits given are totals.
 
 Invalid configuration raises :class:`ConfigError` with one line that says what to fix.
 """
@@ -174,6 +175,13 @@ def _parse_path(text: str, option: str) -> Path:
     return Path(text)
 
 
+def _parse_file(text: str | None, option: str) -> str | None:
+    """A file that must exist now, or nothing (None or empty)."""
+    if text and not Path(text).is_file():
+        raise ConfigError(f"--{option}: no such file: {text}")
+    return text or None
+
+
 # -- the Config and its views ------------------------------------------------------------------
 
 
@@ -199,6 +207,13 @@ class Config:
     )
     backend_region: str = option(
         "backend-region", "us-east-1", "region the backend is signed for", tool=True
+    )
+    backend_ca_bundle: str | None = option(
+        "backend-ca-bundle",
+        None,
+        "PEM file of the CA certificates an HTTPS backend is verified with (default: the system's)",
+        _parse_file,
+        tool=True,
     )
     backend_access_key: str | None = variable(
         "TRIOS3_BACKEND_ACCESS_KEY_ID", "the backend's access key id", tool=True
@@ -269,6 +284,13 @@ class Config:
         "seconds in-flight requests may take to finish after SIGTERM",
         parse_seconds,
     )
+    workers: int = option(
+        "workers",
+        "1",
+        "worker processes sharing the listening socket, each with 1/N of --memory-budget, "
+        "--max-requests and --max-connections",
+        parse_count,
+    )
     require_encrypted: bool = switch(
         "require-encrypted", "refuse objects the proxy did not encrypt instead of serving them"
     )
@@ -297,6 +319,7 @@ class Config:
             secret_key=self.backend_secret_key or "",
             max_connections=2 * self.max_requests + 8,
             timeout=self.backend_timeout,
+            ca_bundle=self.backend_ca_bundle,
         )
 
     def proxy(self) -> ProxySettings:
@@ -316,6 +339,24 @@ class Config:
             body_timeout=self.body_timeout,
             max_requests=self.max_requests,
             require_encrypted=self.require_encrypted,
+        )
+
+    def worker_share(self, slot: int) -> Config:
+        """The Config of worker ``slot`` (0 to ``workers - 1``) of ``--workers``: its share of
+        the memory budget, of the requests in flight and of the connections, each total
+        divided by ``workers``; what the division leaves over goes one each to the first
+        workers, so that the shares add up to the totals given."""
+        if not 0 <= slot < self.workers:
+            raise ValueError(f"no worker {slot} of {self.workers}")
+
+        def share(total: int) -> int:
+            return total // self.workers + (slot < total % self.workers)
+
+        return dataclasses.replace(
+            self,
+            memory_budget=share(self.memory_budget),
+            max_requests=share(self.max_requests),
+            max_connections=share(self.max_connections),
         )
 
     def with_backend(self, url: str, region: str, access_key: str, secret_key: str) -> Config:
@@ -340,6 +381,7 @@ class BackendSettings:
     secret_key: str = field(repr=False)
     max_connections: int  # the connection pool's size
     timeout: float  # seconds the backend may stay silent mid-request
+    ca_bundle: str | None  # PEM file of the CAs to verify an HTTPS backend (None: the system's)
 
     @classmethod
     def with_defaults(
@@ -587,6 +629,12 @@ def build_config(args: argparse.Namespace, environ: Mapping[str, str]) -> Config
             raise ConfigError(f"--{name.replace('_', '-')}: no such file: {path}")
     if given["backend_url"] and not (given["backend_access_key"] and given["backend_secret_key"]):
         raise _backend_keys_needed()
+    for name in ("max_requests", "max_connections"):
+        if given[name] < given["workers"]:
+            raise ConfigError(
+                f"--workers {given['workers']}: each worker needs a share of "
+                f"--{name.replace('_', '-')} ({given[name]} given)"
+            )
     keyring = load_keyring(given["key_file"], environ)
     credentials = load_credentials(given["credentials_file"], environ)
     generated: tuple[str, ...] = ()

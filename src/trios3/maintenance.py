@@ -12,9 +12,7 @@ import sys
 from collections.abc import AsyncIterator, Callable
 from dataclasses import dataclass, field
 
-import httpx
-
-from trios3.backend import Backend, backend_error
+from trios3.backend import Backend, BackendUnavailable, Response, backend_error
 from trios3.core import format as fmt
 from trios3.core import headers as hdr
 from trios3.core.errors import S3Error, TamperedError
@@ -53,7 +51,7 @@ async def list_keys(
             return
 
 
-async def _head(backend: Backend, bucket: str, key: str) -> httpx.Response:
+async def _head(backend: Backend, bucket: str, key: str) -> Response:
     response, data = await backend.request("HEAD", bucket, key, max_body=0)
     if response.status_code != 200:
         raise backend_error(response, data)
@@ -142,7 +140,7 @@ async def rewrap(
             break
         try:
             outcome = await rewrap_object(backend, keyring, bucket, key, dry_run=dry_run)
-        except (S3Error, TamperedError, httpx.HTTPError) as exc:
+        except (S3Error, TamperedError, BackendUnavailable) as exc:
             summary.failed.append((key, str(exc)))
         else:
             setattr(summary, outcome, getattr(summary, outcome) + 1)

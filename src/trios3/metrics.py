@@ -4,12 +4,20 @@ Each app owns its own registry (no process-wide default registry, so two apps in
 as in the tests, never mix their figures). Request counts, latencies and bytes are recorded
 as requests end; the memory budget, the request counters kept by the app and the backend pool
 are read when the endpoint is scraped, from the objects that own them.
+
+With ``--workers N`` a scrape reaches whichever worker accepts it, so each worker's /metrics
+answers for all of them: :meth:`Metrics.share` gives the app a :class:`FigurePool`, and a
+scrape then renders the sum of every worker's :class:`Figures` (plain data: a family's kind,
+help and samples) and ``trios3_workers``. How the workers' figures meet is the pool's business
+(:mod:`trios3.workers`); summing and rendering them is this module's. Nothing of this runs on
+the request path: figures are gathered when published and when scraped.
 """
 
 from __future__ import annotations
 
-from collections.abc import Callable, Iterator
-from dataclasses import dataclass
+from collections.abc import Callable, Iterable, Iterator
+from dataclasses import dataclass, field
+from typing import Protocol
 
 from prometheus_client import CollectorRegistry, Counter, Histogram, generate_latest
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metric
@@ -62,12 +70,35 @@ class Metrics:
         )
         self.registry.register(_Snapshot(counts, budget, pool_connections))
 
+        self._shared: FigurePool | None = None
+
     def observe(self, operation: str, status: int | None, seconds: float) -> None:
         self.requests.labels(operation, str(status or "none")).inc()
         self.latency.labels(operation).observe(seconds)
 
+    def figures(self) -> Figures:
+        """This app's figures now, as plain data (what a worker publishes)."""
+        return figures_of(self.registry)
+
+    def share(self, pool: FigurePool) -> None:
+        """From now on, :meth:`render` answers for every worker of ``pool``: set once, by the
+        worker that runs this app, before it serves."""
+        self._shared = pool
+
     def render(self) -> bytes:
-        return generate_latest(self.registry)
+        if self._shared is None:
+            return generate_latest(self.registry)
+        total, workers = self._shared.total(self.figures())
+        return exposition(total, workers=workers)
+
+
+class FigurePool(Protocol):
+    """Where the workers of one ``trios3 serve --workers N`` put their figures."""
+
+    def total(self, own: Figures) -> tuple[Figures, int]:
+        """Publish ``own`` (this worker's figures now) and return the sum of all the workers'
+        figures, ``own`` included, with how many workers are serving."""
+        ...
 
 
 class _Snapshot(Collector):
@@ -134,3 +165,104 @@ def _gauge(name: str, documentation: str, value: float) -> GaugeMetricFamily:
 
 def _counter(name: str, documentation: str, value: float) -> CounterMetricFamily:
     return CounterMetricFamily(name, documentation, value=value)
+
+
+# -- figures as plain data, to publish, sum and render -----------------------------------------
+
+# A sample: its name (``trios3_requests_total``, ``..._bucket``) and its labels, in order.
+SampleKey = tuple[str, tuple[tuple[str, str], ...]]
+# Kinds whose figures keep what they counted once their worker has gone (gauges do not).
+LASTING_KINDS = frozenset({"counter", "histogram"})
+WORKERS_HELP = "Worker processes serving now (--workers)"
+SUMMED = " (summed over the workers)"
+
+
+@dataclass
+class Family:
+    """One metric family's figures: what a worker publishes, and what a scrape sums."""
+
+    kind: str  # counter, gauge, histogram
+    help: str
+    samples: dict[SampleKey, float] = field(default_factory=dict)
+
+
+Figures = dict[str, Family]  # by family name, in the order they are shown
+
+
+def figures_of(registry: CollectorRegistry) -> Figures:
+    """A registry's figures now. The ``_created`` timestamps are left out: a sum of them
+    would mean nothing."""
+    figures: Figures = {}
+    for metric in registry.collect():
+        family = figures.setdefault(metric.name, Family(metric.type, metric.documentation))
+        for sample in metric.samples:
+            if not sample.name.endswith("_created"):
+                key = (sample.name, tuple(sample.labels.items()))
+                family.samples[key] = family.samples.get(key, 0.0) + sample.value
+    return figures
+
+
+def merge(many: Iterable[Figures]) -> Figures:
+    """The sum of several workers' figures, sample by sample: counters, histogram buckets,
+    counts and sums, and gauges (the sum of the in-flight requests, the budget in use...).
+    A sample only some have is taken as zero in the others; the families and samples come in
+    the order first seen, so a histogram's buckets stay together."""
+    total: Figures = {}
+    for figures in many:
+        for name, family in figures.items():
+            into = total.setdefault(name, Family(family.kind, family.help))
+            for key, value in family.samples.items():
+                into.samples[key] = into.samples.get(key, 0.0) + value
+    return total
+
+
+def lasting(figures: Figures) -> Figures:
+    """What of a worker's figures stays counted once it has gone: its counters and histograms
+    (its gauges went with it)."""
+    return {name: family for name, family in figures.items() if family.kind in LASTING_KINDS}
+
+
+def encode(figures: Figures) -> list:
+    """``figures`` as JSON-ready lists."""
+    return [
+        [
+            name,
+            family.kind,
+            family.help,
+            [[key[0], key[1], value] for key, value in family.samples.items()],
+        ]
+        for name, family in figures.items()
+    ]
+
+
+def decode(data: list) -> Figures:
+    """The figures :func:`encode` wrote (read back from JSON)."""
+    figures: Figures = {}
+    for name, kind, documentation, samples in data:
+        family = figures[name] = Family(kind, documentation)
+        for sample, labels, value in samples:
+            family.samples[(sample, tuple((k, v) for k, v in labels))] = float(value)
+    return figures
+
+
+def exposition(figures: Figures, *, workers: int) -> bytes:
+    """The Prometheus text of the summed ``figures`` of ``workers`` workers: each family's help
+    says it is a sum, and ``trios3_workers`` says over how many."""
+    families = []
+    for name, family in figures.items():
+        metric = Metric(name, family.help + SUMMED, family.kind)
+        for (sample, labels), value in family.samples.items():
+            metric.add_sample(sample, dict(labels), value)
+        families.append(metric)
+    families.append(_gauge("trios3_workers", WORKERS_HELP, workers))
+    registry = CollectorRegistry(auto_describe=False)
+    registry.register(_Families(families))
+    return generate_latest(registry)
+
+
+class _Families(Collector):
+    def __init__(self, families: list[Metric]) -> None:
+        self._families = families
+
+    def collect(self) -> Iterator[Metric]:
+        return iter(self._families)

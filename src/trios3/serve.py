@@ -2,11 +2,18 @@
 client, the app and the server (:mod:`trios3.server`), each given its view of the Config.
 
 Everything the server runs lives in one nursery: when serving ends, all of it ends.
+
+With ``--workers N`` each worker process serves this way too (:mod:`trios3.workers`), on the
+listening socket its supervisor made (``listener``), sharing its figures with the other
+workers (``share_metrics``).
 """
 
 from __future__ import annotations
 
 import signal
+import socket
+from collections.abc import Awaitable, Callable, Iterator
+from contextlib import contextmanager
 
 import trio
 
@@ -14,6 +21,7 @@ from trios3.app import S3Proxy
 from trios3.backend import open_backend
 from trios3.config import Config
 from trios3.embedded import run_seaweedfs
+from trios3.metrics import Metrics
 from trios3.server import hypercorn_config, listening_socket, serve_connections
 
 
@@ -24,22 +32,45 @@ async def _until_signal() -> None:
 
 
 async def serve(
-    config: Config, *, shutdown_trigger=_until_signal, task_status=trio.TASK_STATUS_IGNORED
+    config: Config,
+    *,
+    listener: socket.socket | None = None,
+    share_metrics: Callable[[Metrics], Awaitable[None]] | None = None,
+    shutdown_trigger=_until_signal,
+    task_status=trio.TASK_STATUS_IGNORED,
 ) -> None:
     """Serve until ``shutdown_trigger`` returns (SIGTERM/SIGINT by default) or cancellation;
-    ``task_status`` gets the bound URLs."""
+    ``task_status`` gets the bound URLs.
+
+    ``listener``: a listening socket to serve instead of making one for ``config.listen``
+    (its owner, the caller, closes it). ``share_metrics``: run beside the server with the app's
+    metrics, and cancelled once serving has ended, while the backend client is still open.
+    """
     async with trio.open_nursery() as nursery:
         if not config.backend_url:
             config = await nursery.start(run_seaweedfs, config)
-        with listening_socket(config.listen, config.send_timeout) as sock:
+        with _listening(config, listener) as sock:
             async with open_backend(config.backend()) as client:
                 app = S3Proxy(config.proxy(), client)
-                await serve_connections(
-                    app,
-                    hypercorn_config(config, sock, config.shutdown_timeout),
-                    config.max_connections,
-                    shutdown_trigger=shutdown_trigger,
-                    task_status=task_status,
-                )
+                async with trio.open_nursery() as beside:
+                    if share_metrics is not None:
+                        beside.start_soon(share_metrics, app.metrics)
+                    await serve_connections(
+                        app,
+                        hypercorn_config(config, sock, config.shutdown_timeout),
+                        config.max_connections,
+                        shutdown_trigger=shutdown_trigger,
+                        task_status=task_status,
+                    )
+                    beside.cancel_scope.cancel()
         # Serving is over: stop what else the server ran (the embedded backend).
         nursery.cancel_scope.cancel()
+
+
+@contextmanager
+def _listening(config: Config, listener: socket.socket | None) -> Iterator[socket.socket]:
+    if listener is not None:
+        yield listener
+        return
+    with listening_socket(config.listen, config.send_timeout) as sock:
+        yield sock

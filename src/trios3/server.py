@@ -33,15 +33,18 @@ import socket
 from contextlib import contextmanager
 
 import trio
+from h11._receivebuffer import ReceiveBuffer
 from hypercorn.config import Config as HypercornConfig
-from hypercorn.events import Event, RawData, Updated
+from hypercorn.events import Closed, Event, RawData, Updated
 from hypercorn.trio.lifespan import Lifespan
 from hypercorn.trio.tcp_server import TCPServer
 from hypercorn.trio.worker_context import WorkerContext
 from hypercorn.typing import ConnectionState
 from hypercorn.utils import repr_socket_addr, wrap_app
 
+from trios3.body import READ_UNIT, ReadUnit
 from trios3.config import Config
+from trios3.tls import TLSListener
 
 log = logging.getLogger("trios3")
 
@@ -123,6 +126,62 @@ async def accept_retrying(listener):
             await trio.sleep(0.1)
 
 
+class _BodyBuffer(ReceiveBuffer):
+    """h11's receive buffer, without its copies of body bytes.
+
+    h11 appends every read to a bytearray, copies a body's bytes out of it twice, and
+    hypercorn copies them once more into bytes: four copies of every byte a client uploads,
+    a third of a large PUT's CPU. This buffer keeps a read as the bytes it arrived as while
+    nothing else is buffered, and hands it on whole when the body takes all of it, so the
+    app gets the very object the socket read; it turns into h11's bytearray only when a
+    head is parsed or a read holds more than the body.
+    """
+
+    def __iadd__(self, data):
+        if not self._data and type(data) is bytes:
+            self._data = data  # type: ignore[assignment]
+            return self
+        self._mutable()
+        self._data += data
+        return self
+
+    def _mutable(self) -> None:
+        if type(self._data) is bytes:
+            self._data = bytearray(self._data)
+
+    def maybe_extract_at_most(self, count: int):
+        data = self._data
+        if not data:
+            return None
+        if count >= len(data):
+            self._data = bytearray()
+            self._next_line_search = 0
+            self._multiple_lines_search = 0
+            return data
+        self._mutable()
+        return super().maybe_extract_at_most(count)
+
+    def maybe_extract_next_line(self):
+        self._mutable()
+        return super().maybe_extract_next_line()
+
+    def maybe_extract_lines(self):
+        self._mutable()
+        return super().maybe_extract_lines()
+
+
+def use_body_buffer(protocol) -> bool:
+    """Give the h11 connection behind hypercorn's ``protocol`` a :class:`_BodyBuffer`
+    (before it has received anything); False if hypercorn or h11 no longer look as expected,
+    which only costs the copies again (tests/shell/test_server.py notices)."""
+    connection = getattr(getattr(protocol, "protocol", None), "connection", None)
+    current = getattr(connection, "_receive_buffer", None)
+    if type(current) is not ReceiveBuffer or current:
+        return False
+    connection._receive_buffer = _BodyBuffer()  # type: ignore[union-attr]
+    return True
+
+
 class _Connection(TCPServer):
     """Hypercorn's connection handler, with two repairs.
 
@@ -136,8 +195,25 @@ class _Connection(TCPServer):
 
     _before_head = True  # no response head sent yet for the current request
 
+    def __init__(self, app, config, context, state, stream) -> None:
+        super().__init__(app, config, context, state, stream)
+        self.read_unit = ReadUnit()
+        state[READ_UNIT] = self.read_unit  # each request's scope state is a copy of this
+
     async def _read_data(self) -> None:
-        await super()._read_data()
+        """hypercorn's read loop, reading in the unit the current request may hold (64 KiB
+        until a request's lease says more), over TLS as much as over plain TCP, into an h11
+        buffer that does not copy body bytes."""
+        use_body_buffer(self.protocol)
+        while True:
+            try:
+                data = await self.stream.receive_some(self.read_unit.size)
+            except (trio.ClosedResourceError, trio.BrokenResourceError):
+                break
+            await self.protocol.handle(RawData(bytes(data)))
+            if not data:
+                break
+        await self.protocol.handle(Closed())
         await self.idle_task.stop()
 
     async def protocol_send(self, event: Event) -> None:
@@ -211,7 +287,7 @@ async def serve_connections(
                 listener = trio.SocketListener(trio.socket.from_stdlib_socket(sock))
                 scheme = "http"
                 if ssl_context is not None:
-                    listener = trio.SSLListener(listener, ssl_context, https_compatible=True)
+                    listener = TLSListener(listener, ssl_context)
                     scheme = "https"
                 listeners.append(listener)
                 binds.append(f"{scheme}://{repr_socket_addr(sock.family, sock.getsockname())}")

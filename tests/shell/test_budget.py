@@ -346,3 +346,104 @@ async def test_release_on_cancel_inside_lease(budgets, autojump_clock):
         async with budget.lease(100):
             await trio.sleep_forever()
     assert budget.in_use == 0
+
+
+# -- streams: the unit follows the free budget ---------------------------------------------------
+
+UNITS = (1024, 512, 256, 128)
+
+
+def cost(unit: int) -> int:
+    return 4 * unit
+
+
+async def test_a_quiet_budget_gives_a_stream_its_largest_unit(budgets, autojump_clock):
+    budget = budgets(16 * 1024)  # a quarter (4096) fits cost(1024)
+    units = []
+    async with AsyncExitStack() as stack:
+        for _ in range(8):
+            lease = await stack.enter_async_context(budget.lease_stream(cost, UNITS))
+            assert lease.nbytes == cost(lease.unit)
+            units.append(lease.unit)
+        # Each takes the largest unit whose cost is within a quarter of what is left free.
+        assert units == [1024, 512, 512, 512, 256, 256, 256, 128]
+        assert budget.in_use == sum(cost(u) for u in units)
+    assert budget.in_use == 0
+
+
+async def test_a_busy_budget_gives_the_smallest_unit_and_it_waits_for_no_more(
+    budgets, autojump_clock
+):
+    budget = budgets(1024)
+    release = trio.Event()
+    log: list = []
+    async with trio.open_nursery() as nursery:
+        nursery.start_soon(hold, budget, 900, release, log, "holder")
+        await trio.testing.wait_all_tasks_blocked()
+
+        async def stream() -> None:
+            async with budget.lease_stream(cost, UNITS) as lease:
+                log.append(("stream", lease.unit, lease.nbytes))
+
+        nursery.start_soon(stream)
+        await trio.testing.wait_all_tasks_blocked()
+        assert budget.stats.waiting == 1  # 124 free: not even cost(128) = 512 fits
+        release.set()
+    assert log == [("holder", 900), ("stream", 128, 512)]
+
+
+async def test_with_others_waiting_a_stream_asks_only_for_the_smallest_unit(
+    budgets, autojump_clock
+):
+    """A stream that joins a queue never asks for more than the least it can work with:
+    while anyone waits, every stream is admitted with the smallest unit (FIFO, no barging)."""
+    budget = budgets(100_000)
+    release = trio.Event()
+    log: list = []
+    async with trio.open_nursery() as nursery:
+        nursery.start_soon(hold, budget, 100_000, release, log, "holder")
+        await trio.testing.wait_all_tasks_blocked()
+        nursery.start_soon(hold, budget, 10, trio.Event(), log, "queued")  # never released
+        await trio.testing.wait_all_tasks_blocked()
+
+        async def stream() -> None:
+            async with budget.lease_stream(cost, UNITS) as lease:
+                log.append(("stream", lease.unit))
+
+        nursery.start_soon(stream)
+        await trio.testing.wait_all_tasks_blocked()
+        release.set()
+        await trio.testing.wait_all_tasks_blocked()
+        nursery.cancel_scope.cancel()
+    # Both are granted by the holder's release (trio wakes them in either order).
+    assert log[0] == ("holder", 100_000)
+    assert sorted(log[1:3]) == [("queued", 10), ("stream", 128)]
+
+
+async def test_shrinking_a_stream_lease_gives_back_what_the_smaller_unit_does_not_need(
+    budgets, autojump_clock
+):
+    budget = budgets(16 * 1024)
+    async with budget.lease_stream(cost, UNITS) as lease:
+        assert budget.in_use == 4096
+        lease.shrink(256)
+        assert (lease.unit, lease.nbytes, budget.in_use) == (256, 1024, 1024)
+        lease.shrink(512)  # never grows back
+        assert (lease.unit, budget.in_use) == (256, 1024)
+    assert budget.in_use == 0
+
+
+async def test_shrinking_wakes_a_waiter_that_now_fits(budgets, autojump_clock):
+    budget = budgets(16 * 1024)
+    log: list = []
+    async with trio.open_nursery() as nursery:
+        async with budget.lease_stream(cost, UNITS) as lease:
+            assert lease.nbytes == 4096
+            nursery.start_soon(hold, budget, 13_000, trio.Event(), log, "waiter")
+            await trio.testing.wait_all_tasks_blocked()
+            assert budget.stats.waiting == 1
+            lease.shrink(128)  # gives back enough for the waiter, without waiting itself
+            await trio.testing.wait_all_tasks_blocked()
+            assert log == [("waiter", 13_000)]
+            assert budget.in_use == 512 + 13_000
+        nursery.cancel_scope.cancel()

@@ -30,7 +30,7 @@ from harness import scratch_bucket
 from trios3.app import S3Proxy
 from trios3.backend import Backend
 from trios3.core import sigv4
-from trios3.ops.streaming import lease_bytes
+from trios3.ops.streaming import UNITS, read_cost
 
 pytestmark = pytest.mark.integration
 
@@ -46,7 +46,7 @@ def assert_clean(app: S3Proxy, backend: Backend) -> None:
     assert app.budget.in_use == 0
     assert app.budget.stats.waiting == 0
     assert busy_connections(backend) == []
-    assert backend._client._transport._pool._requests == []
+    assert backend.waiting_requests == 0
 
 
 async def put(app, bucket: str, key: str, data: bytes) -> tuple[int, dict[str, str], bytes]:
@@ -211,7 +211,7 @@ async def test_put_disconnect_before_any_body_stores_nothing(app, backend, raw_b
 
 @pytest.mark.parametrize("method", ["PUT", "GET"])
 async def test_spent_budget_waits_then_slowdown(make_app, backend, raw_bucket, method):
-    window = lease_bytes(64 * 1024)
+    window = read_cost(64 * 1024)(UNITS[-1])
     app = make_app(memory_budget=window, admission_timeout=0.5)
     status, _, _ = await put(app, raw_bucket, "small", b"x" * 1000)
     assert status == 200

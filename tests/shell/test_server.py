@@ -10,13 +10,22 @@ import socket
 import ssl
 from contextlib import asynccontextmanager
 from functools import partial
+from types import SimpleNamespace
 
+import h11
 import pytest
 import trio
 import trio.testing
 
+from trios3.body import READ_UNIT, ReadUnit
 from trios3.config import Config
-from trios3.server import accept_retrying, hypercorn_config, listening_socket, serve_connections
+from trios3.server import (
+    accept_retrying,
+    hypercorn_config,
+    listening_socket,
+    serve_connections,
+    use_body_buffer,
+)
 
 # hypercorn's idle timer keeps a connection this long; every wait below is far shorter.
 KEEP_ALIVE = 75
@@ -268,3 +277,134 @@ async def test_over_tls_http_1_1_is_chosen_even_when_the_client_prefers_h2(tmp_p
         assert status_line(head).startswith(b"HTTP/1.1 200")
         assert body == b"ok:s"
         await stream.aclose()
+
+
+# -- reads in the unit a request's lease allows -------------------------------------------------
+
+
+class Sizes:
+    """A raw ASGI app that records the size of every body message it is handed; a request to
+    ``/large`` first raises its connection's read unit to 1 MiB, as an admitted PUT does."""
+
+    def __init__(self) -> None:
+        self.sizes: list[int] = []
+
+    async def __call__(self, scope, receive, send) -> None:
+        if scope["type"] == "lifespan":
+            await App()(scope, receive, send)
+            return
+        if scope["path"] == "/large":
+            scope["state"][READ_UNIT].size = 1024 * 1024
+        total = 0
+        while True:
+            message = await receive()
+            if message["type"] == "http.disconnect":
+                return
+            self.sizes.append(len(message.get("body", b"")))
+            total += len(message.get("body", b""))
+            if not message.get("more_body"):
+                break
+        payload = str(total).encode()
+        headers = [(b"content-length", str(len(payload)).encode())]
+        await send({"type": "http.response.start", "status": 200, "headers": headers})
+        await send({"type": "http.response.body", "body": payload})
+
+
+async def upload(port: int, path: str, body: bytes, *, tls_context=None) -> bytes:
+    """``body`` PUT at once (it waits in the socket buffers, so reads come as full as the
+    server asks); the response body."""
+    stream = await trio.open_tcp_stream("127.0.0.1", port)
+    if tls_context is not None:
+        stream = trio.SSLStream(stream, tls_context, server_hostname="127.0.0.1")
+    with trio.fail_after(WAIT):
+        async with trio.open_nursery() as nursery:
+            nursery.start_soon(stream.send_all, request(path, body))
+            _, answer = await read_response(stream)
+    await stream.aclose()
+    return answer
+
+
+@pytest.mark.parametrize("tls", [False, True], ids=["http", "https"])
+async def test_a_request_reads_its_body_in_the_unit_its_lease_allows(tmp_path, tls):
+    """64 KiB reads until a request says more (what is read before admission is outside every
+    lease); then reads of up to 1 MiB, over TLS too (trios3.tls joins its 16 KiB records)."""
+    client_tls = None
+    config = Config(listen="127.0.0.1:0")
+    if tls:
+        from harness import self_signed_cert
+
+        cert, key = self_signed_cert(tmp_path)
+        config = Config(listen="127.0.0.1:0", tls_cert=str(cert), tls_key=str(key))
+        client_tls = ssl.create_default_context(cafile=str(cert))
+    app = Sizes()
+    body = os.urandom(8 * 1024 * 1024)
+    async with serving(app, config=config) as port:
+        assert await upload(port, "/small", body, tls_context=client_tls) == b"8388608"
+        assert max(app.sizes) <= ReadUnit.DEFAULT
+        app.sizes.clear()
+        assert await upload(port, "/large", body, tls_context=client_tls) == b"8388608"
+    assert max(app.sizes) <= 1024 * 1024
+    assert max(app.sizes) > 4 * ReadUnit.DEFAULT
+
+
+def h11_server() -> h11.Connection:
+    """An h11 server connection with the body buffer, as hypercorn's protocol holds one."""
+    connection = h11.Connection(h11.SERVER)
+    protocol = SimpleNamespace(protocol=SimpleNamespace(connection=connection))
+    assert use_body_buffer(protocol)
+    assert not use_body_buffer(protocol)  # only once, and only while nothing is buffered
+    return connection
+
+
+def events(connection: h11.Connection) -> list:
+    out = []
+    while True:
+        event = connection.next_event()
+        if event in (h11.NEED_DATA, h11.PAUSED):
+            return out
+        out.append(event)
+
+
+def test_body_bytes_reach_the_app_as_the_very_objects_read():
+    connection = h11_server()
+    connection.receive_data(b"PUT /k HTTP/1.1\r\nhost: t\r\ncontent-length: 200000\r\n\r\n")
+    (head,) = events(connection)
+    assert isinstance(head, h11.Request) and head.target == b"/k"
+    pieces = [os.urandom(100000), os.urandom(60000), os.urandom(40000)]
+    got = []
+    for piece in pieces:
+        connection.receive_data(piece)
+        got += events(connection)
+    data = [e.data for e in got if isinstance(e, h11.Data)]
+    assert all(a is b for a, b in zip(data, pieces, strict=True))  # not copied
+    assert isinstance(got[-1], h11.EndOfMessage)
+
+
+def test_the_body_buffer_parses_what_h11_parses():
+    """Heads, a body that ends inside a read with the next request after it (pipelined),
+    chunked bodies and bytes fed one at a time: the same events as h11's own buffer."""
+    stream = (
+        b"PUT /a HTTP/1.1\r\nhost: t\r\ncontent-length: 5\r\n\r\nhelloGET /b HTTP/1.1\r\n"
+        b"host: t\r\n\r\n"
+    )
+    chunked = (
+        b"PUT /c HTTP/1.1\r\nhost: t\r\ntransfer-encoding: chunked\r\n\r\n5\r\nhello\r\n0\r\n\r\n"
+    )
+
+    def run(connection: h11.Connection, data: bytes, split: int) -> list:
+        seen = []
+        for i in range(0, len(data), split):
+            connection.receive_data(data[i : i + split])
+            for event in events(connection):
+                seen.append((type(event).__name__, bytes(getattr(event, "data", b""))))
+                if isinstance(event, h11.EndOfMessage):
+                    connection.send(
+                        h11.Response(status_code=200, headers=[("content-length", "0")])
+                    )
+                    connection.send(h11.EndOfMessage())
+                    connection.start_next_cycle()
+        return seen
+
+    for data in (stream, chunked):
+        for split in (1, 7, len(data)):
+            assert run(h11_server(), data, split) == run(h11.Connection(h11.SERVER), data, split)

@@ -57,7 +57,7 @@ PRESIGN_PARAMS = (
 )
 _HEX64 = re.compile(r"[0-9a-fA-F]{64}")
 _SIGNATURE = re.compile(r"[0-9a-f]{64}")
-_AMZ_DATE = re.compile(r"\d{8}T\d{6}Z")
+_AMZ_DATE = re.compile(r"[0-9]{8}T[0-9]{6}Z")
 _SCOPE_DATE = re.compile(r"\d{8}")
 _HEADER_NAME = re.compile(r"[!#$%&'*+.^_`|~0-9a-z-]+")
 _UNRESERVED = frozenset(b"ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789-_.~")
@@ -99,6 +99,25 @@ def derive_signing_key(secret_key: str, scope: SigningScope) -> bytes:
     key = _hmac(key, scope.region)
     key = _hmac(key, scope.service)
     return _hmac(key, "aws4_request")
+
+
+class SigningKeys:
+    """Signing keys by secret and scope: a key is valid for a day, a region and a service,
+    and deriving one costs four HMACs, so it is derived once, not on every request. Bounded:
+    past ``limit`` keys (credentials by days by regions) it starts afresh."""
+
+    def __init__(self, limit: int = 4096) -> None:
+        self._keys: dict[tuple[str, SigningScope], bytes] = {}
+        self._limit = limit
+
+    def get(self, secret_key: str, scope: SigningScope) -> bytes:
+        entry = (secret_key, scope)
+        key = self._keys.get(entry)
+        if key is None:
+            if len(self._keys) >= self._limit:
+                self._keys.clear()
+            key = self._keys[entry] = derive_signing_key(secret_key, scope)
+        return key
 
 
 def uri_encode(value: str, *, encode_slash: bool = True) -> str:
@@ -204,6 +223,8 @@ def verify(
     query_string: str,
     headers: Sequence[tuple[str, str]],
     now: datetime,
+    *,
+    keys: SigningKeys | None = None,
 ) -> bytes:
     """Check time and signature; return the signing key for chunk and trailer signatures.
 
@@ -229,7 +250,10 @@ def verify(
         )
     _check_time(auth, now)
 
-    signing_key = derive_signing_key(secret_key, auth.scope)
+    if keys is None:
+        signing_key = derive_signing_key(secret_key, auth.scope)
+    else:
+        signing_key = keys.get(secret_key, auth.scope)
     header_block = _canonical_headers(auth.signed_headers, headers)
     first_canonical: str | None = None
     first_sts: str | None = None
@@ -264,12 +288,15 @@ def sign_request(
     region: str,
     now: datetime,
     service: str = "s3",
+    *,
+    keys: SigningKeys | None = None,
 ) -> list[tuple[str, str]]:
     """Sign the proxy's own request to the backend; return the headers to add to it.
 
     ``path`` goes into the canonical request exactly as given (it is already encoded as it will
     be on the wire); ``query`` holds decoded pairs and must be sent as
     :func:`canonical_query_string` renders them. Every header in ``headers`` is signed.
+    ``keys`` keeps the day's signing key, so that it is derived once, not per request.
     """
     lowered = [(name.lower(), value) for name, value in headers]
     own = {"x-amz-date", "x-amz-content-sha256", "authorization"}
@@ -291,7 +318,10 @@ def sign_request(
             payload_hash,
         )
     )
-    signing_key = derive_signing_key(secret_key, scope)
+    if keys is None:
+        signing_key = derive_signing_key(secret_key, scope)
+    else:
+        signing_key = keys.get(secret_key, scope)
     signature = _hmac(signing_key, _string_to_sign(amz_date, scope, canonical)).hex()
     authorization = (
         f"{ALGORITHM} Credential={access_key}/{scope},"
@@ -454,8 +484,20 @@ def _amz_date_from_http_date(value: str | None) -> str:
 
 
 def _parse_amz_date(value: str) -> datetime | None:
+    """``YYYYMMDDTHHMMSSZ`` (checked by _AMZ_DATE's shape) as a UTC time; strptime is slow
+    enough to show in a small request's profile."""
+    if not _AMZ_DATE.fullmatch(value):
+        return None
     try:
-        return datetime.strptime(value, "%Y%m%dT%H%M%SZ").replace(tzinfo=UTC)
+        return datetime(
+            int(value[0:4]),
+            int(value[4:6]),
+            int(value[6:8]),
+            int(value[9:11]),
+            int(value[11:13]),
+            int(value[13:15]),
+            tzinfo=UTC,
+        )
     except ValueError:
         return None
 

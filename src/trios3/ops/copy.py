@@ -14,7 +14,6 @@ from dataclasses import dataclass
 from datetime import UTC, datetime
 from urllib.parse import quote, urlencode
 
-import httpx
 import trio
 
 from trios3.backend import SMALL_BODY, Backend, backend_error, read_limited
@@ -22,6 +21,7 @@ from trios3.core import format as fmt
 from trios3.core import headers as hdr
 from trios3.core.errors import S3Error
 from trios3.core.etag import client_etag
+from trios3.core.http1 import Headers
 from trios3.core.keys import Envelope
 from trios3.core.reads import Fetched, single_plaintext_size
 from trios3.core.routing import parse_copy_source
@@ -39,7 +39,7 @@ from trios3.core.sigv4 import uri_encode
 from trios3.exchange import Exchange, Services
 from trios3.ops import stored
 from trios3.ops.stored import StoredObject
-from trios3.ops.streaming import lease_bytes, opened, store_encrypted
+from trios3.ops.streaming import copy_cost, opened, store_encrypted, units_for
 
 MAX_COPY_SOURCE = 5 * 1024**3
 
@@ -50,7 +50,7 @@ class SourceObject:
 
     obj: StoredObject
     version: str | None
-    headers: httpx.Headers
+    headers: Headers
     envelope: Envelope | None
 
 
@@ -89,7 +89,8 @@ class OpenedSource:
     """A copy source ready to be read as plaintext: its size and a reader of byte ranges."""
 
     size: int
-    plaintext: Callable[[int, int], AsyncIterator[bytes]]  # (start, end), end=-1 when empty
+    # (start, end, read size), end=-1 when empty
+    plaintext: Callable[[int, int, int], AsyncIterator[bytes]]
 
 
 async def open_source(services: Services, source: SourceObject) -> OpenedSource:
@@ -98,22 +99,25 @@ async def open_source(services: Services, source: SourceObject) -> OpenedSource:
     backend, obj, envelope = services.backend, source.obj, source.envelope
     if envelope is None:
         return OpenedSource(
-            obj.stored_size, lambda start, end: _raw_range(backend, obj, start, end)
+            obj.stored_size,
+            lambda start, end, unit: _raw_range(backend, obj, start, end, unit),
         )
     data_key = services.keyring.open(envelope, obj.bucket, obj.key)
     if envelope.multipart:
         layout, known = await stored.find_layout(backend, obj, envelope.segment_size)
         return OpenedSource(
             layout.plaintext_size,
-            lambda start, end: stored.decrypt_range(
-                backend, obj, data_key, layout, known, start, end
+            lambda start, end, unit: stored.decrypt_range(
+                backend, obj, data_key, layout, known, start, end, unit
             ),
         )
     segment_size = envelope.segment_size
     size = single_plaintext_size(obj.stored_size, segment_size)
     return OpenedSource(
         size,
-        lambda start, end: _single_range(backend, obj, data_key, segment_size, size, start, end),
+        lambda start, end, unit: _single_range(
+            backend, obj, data_key, segment_size, size, start, end, unit
+        ),
     )
 
 
@@ -125,6 +129,7 @@ async def _single_range(
     size: int,
     start: int,
     end: int,
+    unit: int,
 ) -> AsyncIterator[bytes]:
     span = fmt.span_for_range(size, start, end, segment_size)
     async with stored.pinned_window(backend, obj, span.stored_start, span.stored_end) as response:
@@ -134,19 +139,19 @@ async def _single_range(
             response.headers.get("content-length"),
         ).start
         opener = fmt.SpanOpener(data_key, segment_size, size, span, window_start)
-        async for piece in opened(response.aiter_raw(), opener):
+        async for piece in opened(response.aiter_raw(unit), opener):
             yield piece
 
 
 async def _raw_range(
-    backend: Backend, obj: StoredObject, start: int, end: int
+    backend: Backend, obj: StoredObject, start: int, end: int, unit: int
 ) -> AsyncIterator[bytes]:
     """Bytes start..end of an object the proxy did not encrypt, as they are."""
     if end < start:
         return
     received = 0
     async with stored.pinned_window(backend, obj, start, end) as response:
-        async for chunk in response.aiter_raw():
+        async for chunk in response.aiter_raw(unit):
             received += len(chunk)
             yield chunk
     if received != end - start + 1:
@@ -251,7 +256,7 @@ async def _copy_foreign(
     src_bucket: str,
     src_key: str,
     query: list[tuple[str, str]],
-    source: httpx.Headers,
+    source: Headers,
     headers: list[tuple[str, str]],
     *,
     content_md5: bytes | None,
@@ -266,16 +271,17 @@ async def _copy_foreign(
             f"source: {MAX_COPY_SOURCE}",
         )
     pinned = [("if-match", source.get("etag", ""))]
-    lease = ex.services.budget.lease(lease_bytes(fmt.DEFAULT_SEGMENT_SIZE))
+    cost = copy_cost(fmt.DEFAULT_SEGMENT_SIZE)
+    lease = ex.services.budget.lease_stream(cost, units_for(length))
     fetch = ex.services.backend.stream("GET", src_bucket, src_key, query=query, headers=pinned)
-    async with lease, fetch as source_response:
+    async with lease as held, fetch as source_response:
         if source_response.status_code != 200:
             data = await read_limited(source_response, SMALL_BODY)
             raise backend_error(source_response, data)
 
         async def plaintext() -> AsyncIterator[bytes]:
             received = 0
-            async for chunk in source_response.aiter_raw():
+            async for chunk in source_response.aiter_raw(held.unit):
                 received += len(chunk)
                 yield chunk
             if received != length:

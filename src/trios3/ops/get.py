@@ -9,9 +9,8 @@ from __future__ import annotations
 
 from collections.abc import AsyncIterator
 
-import httpx
-
-from trios3.backend import SMALL_BODY, backend_error, read_limited
+from trios3.backend import SMALL_BODY, Response, backend_error, read_limited
+from trios3.budget import StreamLease
 from trios3.core import format as fmt
 from trios3.core import headers as hdr
 from trios3.core import multipart as mp
@@ -31,7 +30,7 @@ from trios3.core.reads import (
 )
 from trios3.exchange import Exchange
 from trios3.ops import stored
-from trios3.ops.streaming import lease_bytes, opened, send_plaintext
+from trios3.ops.streaming import opened, read_cost, send_plaintext, units_for
 
 # The query parameters of a GET that the backend is given (response-* rewrite its headers).
 GET_QUERY = (
@@ -45,7 +44,7 @@ GET_QUERY = (
 )
 
 
-def _refusal(ex: Exchange, response: httpx.Response, body: bytes) -> S3Error:
+def _refusal(ex: Exchange, response: Response, body: bytes) -> S3Error:
     """The error for a backend GET/HEAD that did not succeed (a 304 keeps its validators)."""
     error = backend_error(response, body)
     if response.status_code == 304:
@@ -56,7 +55,7 @@ def _refusal(ex: Exchange, response: httpx.Response, body: bytes) -> S3Error:
 
 
 def _shown_headers(
-    ex: Exchange, response: httpx.Response, envelope: Envelope | None, data_key: bytes | None
+    ex: Exchange, response: Response, envelope: Envelope | None, data_key: bytes | None
 ) -> list[tuple[str, str]]:
     """The backend's object headers a client sees, with the sealed MD5 opened (where rclone
     looks for the MD5 of an object whose ETag is not one: ``x-amz-meta-md5chksum``)."""
@@ -72,7 +71,8 @@ async def get_object(ex: Exchange) -> None:
     query = ex.query_items(*GET_QUERY)
     plan = ReadPlan(ex.headers.get("range"), ex.target.query.get("partNumber"))
     range_header = plan.first_range()
-    async with ex.services.budget.lease(lease_bytes(fmt.DEFAULT_SEGMENT_SIZE)):
+    cost = read_cost(fmt.DEFAULT_SEGMENT_SIZE)
+    async with ex.services.budget.lease_stream(cost, units_for(None)) as lease:
         while True:
             headers = hdr.conditions(ex.headers)
             if range_header:
@@ -99,52 +99,64 @@ async def get_object(ex: Exchange) -> None:
                         data = await read_limited(response, SMALL_BODY)
                         raise _refusal(ex, response, data)
                     case ServeForeign():
-                        await _send_foreign(ex, response)
+                        length = response.headers.get("content-length", "")
+                        if length.isascii() and length.isdigit():
+                            lease.shrink(units_for(int(length))[0])
+                        await _send_foreign(ex, response, lease.unit)
                         return
                 assert envelope is not None
                 data_key = ex.services.keyring.open(envelope, ex.bucket, ex.key)
                 match action:
                     case StreamSingle():
-                        await _send_single(ex, response, envelope, data_key, action)
+                        lease.shrink(
+                            units_for(action.span.stored_end - action.span.stored_start + 1)[0]
+                        )
+                        await _send_single(ex, response, envelope, data_key, action, lease.unit)
                         return
                     case StreamMultipartWhole():
-                        await _send_multipart_whole(ex, response, envelope, data_key, action)
+                        lease.shrink(units_for(action.fetched.total)[0])
+                        await _send_multipart_whole(
+                            ex, response, envelope, data_key, action, lease.unit
+                        )
                         return
             # ReadMultipart: this response is dropped; the layout comes from the part headers.
             obj = stored.StoredObject(
                 ex.bucket, ex.key, query, response.headers.get("etag", ""), action.stored_size
             )
             headers = _shown_headers(ex, response, envelope, data_key)
-            await _send_multipart(ex, obj, envelope.segment_size, data_key, headers)
+            await _send_multipart(ex, obj, envelope.segment_size, data_key, headers, lease)
             return
 
 
 async def _send_single(
     ex: Exchange,
-    response: httpx.Response,
+    response: Response,
     envelope: Envelope,
     data_key: bytes,
     action: StreamSingle,
+    unit: int,
 ) -> None:
     """A single PUT's object, or a range of it, from the response that covers its span."""
     out = _shown_headers(ex, response, envelope, data_key) + action.answer.headers
     opener = fmt.SpanOpener(
         data_key, envelope.segment_size, action.plaintext_size, action.span, action.fetched.start
     )
-    await send_plaintext(ex, action.answer.status, out, opened(response.aiter_raw(), opener))
+    plaintext = opened(response.aiter_raw(unit), opener)
+    await send_plaintext(ex, action.answer.status, out, plaintext, action.span.length)
 
 
 async def _send_multipart_whole(
     ex: Exchange,
-    response: httpx.Response,
+    response: Response,
     envelope: Envelope,
     data_key: bytes,
     action: StreamMultipartWhole,
+    unit: int,
 ) -> None:
     """A whole multipart object from the one backend response that is already streaming it:
     the first part's header is its first bytes, and only the last part's header is read
     apart (trios3.ops.stored.find_layout) before the status line."""
-    stream = response.aiter_raw()
+    stream = response.aiter_raw(unit)
     head = b""
     while len(head) < mp.PART_HEADER_SIZE:
         chunk = await anext(stream, None)
@@ -168,7 +180,8 @@ async def _send_multipart_whole(
         async for chunk in stream:
             yield chunk
 
-    await send_plaintext(ex, answer.status, out, opened(rest_then_stream(), opener))
+    plaintext = opened(rest_then_stream(), opener)
+    await send_plaintext(ex, answer.status, out, plaintext, layout.plaintext_size)
 
 
 async def _send_multipart(
@@ -177,6 +190,7 @@ async def _send_multipart(
     segment_size: int,
     data_key: bytes,
     headers: list[tuple[str, str]],
+    lease: StreamLease,
 ) -> None:
     """A range or part of a multipart object: its layout from the part headers, then one GET
     of exactly the segments the answer needs."""
@@ -187,20 +201,21 @@ async def _send_multipart(
     if answer.empty and layout.plaintext_size:  # an empty part of a non-empty object
         await ex.respond.whole(answer.status, out, b"")
         return
+    lease.shrink(units_for(answer.end - answer.start + 1)[0])
     plaintext = stored.decrypt_range(
-        backend, obj, data_key, layout, known, answer.start, answer.end
+        backend, obj, data_key, layout, known, answer.start, answer.end, lease.unit
     )
-    await send_plaintext(ex, answer.status, out, plaintext)
+    await send_plaintext(ex, answer.status, out, plaintext, answer.end - answer.start + 1)
 
 
-async def _send_foreign(ex: Exchange, response: httpx.Response) -> None:
+async def _send_foreign(ex: Exchange, response: Response, unit: int) -> None:
     """An object the proxy did not encrypt: its bytes as they are (docs/FORMAT.md)."""
     out = hdr.object_response_headers(response.headers, encrypted=False)
     for name in ("content-length", "content-range"):
         if name in response.headers:
             out.append((name, response.headers[name]))
     await ex.respond.start(response.status_code, out)
-    async for chunk in response.aiter_raw():
+    async for chunk in response.aiter_raw(unit):
         await ex.respond.body(chunk, more=True)
     await ex.respond.body(b"", more=False)
 

@@ -11,9 +11,7 @@ from __future__ import annotations
 from collections.abc import AsyncIterator
 from datetime import UTC, datetime
 
-import httpx
-
-from trios3.backend import SMALL_BODY, backend_error
+from trios3.backend import SMALL_BODY, Response, backend_error
 from trios3.core import format as fmt
 from trios3.core import headers as hdr
 from trios3.core import multipart as mp
@@ -37,8 +35,7 @@ from trios3.core.s3xml import (
 )
 from trios3.exchange import Exchange
 from trios3.ops.copy import head_copy_source, open_source
-from trios3.ops.streaming import PIPELINE_DEPTH, lease_bytes, send_sealed
-from trios3.pipeline import prefetched
+from trios3.ops.streaming import copy_cost, overlapped, send_sealed, units_for, write_cost
 
 MAX_COMPLETE_BODY = 4 * 1024 * 1024  # 10 000 parts with ETags and checksums fit in ~2 MiB
 MAX_PART_LIST_PAGE = 1024 * 1024
@@ -80,7 +77,7 @@ def _upload_query(token: mp.UploadToken) -> list[tuple[str, str]]:
     return [("uploadId", token.backend_upload_id)]
 
 
-def _no_such_upload(response: httpx.Response, data: bytes) -> S3Error:
+def _no_such_upload(response: Response, data: bytes) -> S3Error:
     error = backend_error(response, data)
     if response.status_code == 404 and error.code != "NoSuchBucket":
         return S3Error("NoSuchUpload")
@@ -126,7 +123,9 @@ async def upload_part(ex: Exchange) -> None:
     limit = mp.max_part_plaintext(segment_size)  # so that the stored part fits in 5 GiB
     if body.length > limit:
         raise S3Error("EntityTooLarge", fields={"MaxSizeAllowed": str(limit)})
-    async with ex.services.budget.lease(lease_bytes(segment_size)):
+    cost = write_cost(segment_size)
+    async with ex.services.budget.lease_stream(cost, units_for(body.length)) as lease:
+        ex.channel.read_in(lease.unit)
         response = await _store_part(
             ex, token, data_key, segment_size, number, body.length, body.chunks()
         )
@@ -143,7 +142,7 @@ async def _store_part(
     number: int,
     length: int,
     plaintext: AsyncIterator[bytes],
-) -> httpx.Response:
+) -> Response:
     """Encrypt one attempt at a part (a fresh salt, so a fresh key) and send it, as a PUT
     is sent (trios3.ops.streaming.send_sealed)."""
     sealer = mp.PartSealer(data_key, segment_size, number, length)
@@ -283,7 +282,8 @@ async def upload_part_copy(ex: Exchange) -> None:
     source = await head_copy_source(ex)
     services = ex.services
     # Two streams at once: the source read and the part written.
-    async with services.budget.lease(2 * lease_bytes(segment_size)):
+    cost = copy_cost(max(segment_size, fmt.DEFAULT_SEGMENT_SIZE))
+    async with services.budget.lease_stream(cost, units_for(None)) as lease:
         opened = await open_source(services, source)
         start, end = parse_copy_range(ex.headers.get("x-amz-copy-source-range"), opened.size)
         length = end - start + 1
@@ -291,8 +291,9 @@ async def upload_part_copy(ex: Exchange) -> None:
             raise S3Error(
                 "InvalidRequest", "The specified copy range is larger than the maximum part size."
             )
-        plaintext = opened.plaintext(start, end)
-        async with prefetched(plaintext, PIPELINE_DEPTH) as pieces:
+        lease.shrink(units_for(length)[0])
+        plaintext = opened.plaintext(start, end, lease.unit)
+        async with overlapped(plaintext, length) as pieces:
             response = await _store_part(ex, token, data_key, segment_size, number, length, pieces)
     etag = client_etag(response.headers.get("etag", ""), True)
     last_modified = xml_timestamp(datetime.now(UTC))

@@ -12,7 +12,7 @@ from trios3.core import format as fmt
 from trios3.core import headers as hdr
 from trios3.core.etag import client_etag
 from trios3.exchange import Exchange
-from trios3.ops.streaming import lease_bytes, store_encrypted
+from trios3.ops.streaming import store_encrypted, units_for, write_cost
 
 
 async def put_object(ex: Exchange) -> None:
@@ -21,7 +21,9 @@ async def put_object(ex: Exchange) -> None:
     body = ex.body
     headers = hdr.upload_headers(ex.headers) + meta
     headers += hdr.conditions(ex.headers, ("if-match", "if-none-match"))
-    async with ex.services.budget.lease(lease_bytes(fmt.DEFAULT_SEGMENT_SIZE)):
+    cost = write_cost(fmt.DEFAULT_SEGMENT_SIZE)
+    async with ex.services.budget.lease_stream(cost, units_for(body.length)) as lease:
+        ex.channel.read_in(lease.unit)
         response = await store_encrypted(
             ex,
             headers,

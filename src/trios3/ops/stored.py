@@ -14,9 +14,7 @@ from collections.abc import AsyncIterator, Sequence
 from contextlib import asynccontextmanager
 from dataclasses import dataclass
 
-import httpx
-
-from trios3.backend import SMALL_BODY, Backend, read_limited
+from trios3.backend import SMALL_BODY, Backend, Response, read_limited
 from trios3.core import multipart as mp
 from trios3.core.errors import S3Error, TamperedError
 from trios3.core.etag import part_count
@@ -105,9 +103,10 @@ async def decrypt_range(
     known: dict[int, mp.PartHeader],
     start: int,
     end: int,
+    read_size: int,
 ) -> AsyncIterator[bytes]:
-    """Plaintext bytes ``start..end`` (``0, -1`` for an empty object), streamed: one GET of
-    exactly the segments they need. The first part's header, when it is not known, comes in
+    """Plaintext bytes ``start..end`` (``0, -1`` for an empty object), streamed in reads of
+    ``read_size``: one GET of exactly the segments they need. The first part's header, when it is not known, comes in
     the same GET if the range starts in that part's first segment (as ranges aligned to parts
     do: aws cli and boto3 download in part-sized ranges), else from a read of its own."""
     first_part = layout.part_at(start) if end >= start else 1
@@ -117,14 +116,14 @@ async def decrypt_range(
         header = await read_header(backend, obj, place.stored_start)
     opener = mp.MultipartOpener(data_key, layout, start, end, header)
     async with pinned_window(backend, obj, *opener.window) as response:
-        async for piece in opened(response.aiter_raw(), opener):
+        async for piece in opened(response.aiter_raw(read_size), opener):
             yield piece
 
 
 @asynccontextmanager
 async def pinned_window(
     backend: Backend, obj: StoredObject, start: int, end: int
-) -> AsyncIterator[httpx.Response]:
+) -> AsyncIterator[Response]:
     """A streamed GET of stored bytes ``start..end`` of the object as it was first seen:
     ``503 SlowDown`` if it changed since, an error unless the backend sends that window (a
     206, or a 200 when the window is the whole object)."""
