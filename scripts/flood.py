@@ -18,6 +18,9 @@ Scenarios (defaults; --quick shrinks sizes for a ~3 minute smoke run):
                       completed after the load
   mixed               at once: 32 PUTs and 32 UploadParts (into 2 uploads) of 16 MiB, 64 GETs
                       of the single-PUT objects and 64 of the multipart ones
+  trickle110          110 PUTs of 25 bytes sent a byte a second (slow-loris clients) and, at
+                      once, 32 GETs that must not be refused: a trickle leases only what its
+                      body needs, and the body rate floor ends the slowest
 
 All objects are uploaded once, before the scenarios, through a proxy of their own: the
 single-PUT ones with one PUT each, the multipart ones with CreateMultipartUpload, sequential
@@ -254,6 +257,44 @@ async def get_request(
     return out
 
 
+TRICKLE_SIZE = 25  # bytes; sent one a second, as a slow-loris client would
+
+
+async def trickle_request(client: RawClient, s: Settings, key: str) -> Outcome:
+    """A PUT of TRICKLE_SIZE bytes sent a byte a second: it holds its connection and request
+    for that long, and must not take the budget from the GETs beside it. Stored (or ended by
+    the body rate floor with 400 RequestTimeout, also fine) is the expected outcome."""
+    out = Outcome("PUT", "trickle", "error", attempts=1)
+    conn = await client.connect()
+    try:
+        t0 = time.monotonic()
+        await conn.stream.send_all(client.head_bytes("PUT", f"/{s.bucket}/{key}", TRICKLE_SIZE))
+
+        async def send_body() -> None:
+            for _ in range(TRICKLE_SIZE):
+                await conn.stream.send_all(b"t")
+                await trio.sleep(1)
+
+        async with trio.open_nursery() as nursery:
+            nursery.start_soon(send_body)
+            await conn.head()
+            await conn.body()
+            nursery.cancel_scope.cancel()
+        out.wait = time.monotonic() - t0
+        if conn.status == 200:
+            out.result = "stored"
+        elif conn.status == 400:
+            out.result = "timed-out"
+        else:
+            out.detail = f"status {conn.status}"
+            out.n503 += conn.status == 503
+    except (OSError, trio.BrokenResourceError, HTTPFailure, ValueError) as exc:
+        out.detail = f"{type(exc).__name__}: {exc}"
+    finally:
+        await conn.aclose()
+    return out
+
+
 async def put_request(
     client: RawClient,
     s: Settings,
@@ -426,6 +467,7 @@ class Scenario:
     mp_gets: int = 0  # of the multipart objects
     parts: int = 0  # UploadParts, spread over ``uploads`` multipart uploads
     uploads: int = 0
+    trickles: int = 0  # small PUTs whose clients send one byte a second
 
 
 @dataclass
@@ -522,6 +564,8 @@ async def run_load(
         jobs.append(("PUT", key, None, "put", ""))
     for i in range(sc.parts if report.uploads else 0):
         jobs.append(("PART", i % len(report.uploads), i // len(report.uploads) + 1, "part", ""))
+    for i in range(sc.trickles):
+        jobs.append(("TRICKLE", f"{sc.name}/trickle-{i:04d}", None, "trickle", ""))
     slots: list[Outcome | None] = [None] * len(jobs)
     order = list(range(len(jobs)))
     rng.shuffle(order)
@@ -534,6 +578,8 @@ async def run_load(
             slots[index].target = target
         elif op == "PUT":
             slots[index] = await put_request(client, s, key, r)
+        elif op == "TRICKLE":
+            slots[index] = await trickle_request(client, s, key)
         else:
             slots[index] = await part_request(client, s, report.uploads[key], digest, r)
 
@@ -944,6 +990,8 @@ def parse_args() -> argparse.Namespace:
         default=0.5,
         help="share of mixed's uploads that are UploadParts and of its GETs on multipart objects",
     )
+    p.add_argument("--trickles", type=int, default=110, help="slow-loris PUTs in trickle")
+    p.add_argument("--trickle-gets", type=int, default=32, help="GETs beside the trickles")
     p.add_argument("--slow-fraction", type=float, default=0.1)
     p.add_argument("--drop-fraction", type=float, default=0.2)
     p.add_argument("--slow-seconds", type=float, default=4.0)
@@ -1049,6 +1097,16 @@ def main() -> int:
             f"single-PUT and {mixed.mp_gets} of the multipart {args.object_mib} MiB objects"
         )
     scenarios.append(mixed)
+    scenarios.append(
+        Scenario(
+            f"trickle{args.trickles}",
+            args.trickle_gets,
+            0,
+            f"{args.trickles} PUTs of {TRICKLE_SIZE} bytes at a byte a second, and "
+            f"{args.trickle_gets} GETs of {args.object_mib} MiB beside them",
+            trickles=args.trickles,
+        )
+    )
     if args.only:
         scenarios = [
             sc
@@ -1157,6 +1215,18 @@ def main() -> int:
             not any(r.hung for r in reports),
         ),
     ]
+    for report in reports:
+        if report.name.startswith("trickle"):
+            refused = sum(o.n503 for o in report.outcomes if o.op == "GET")
+            trickled = [o for o in report.outcomes if o.kind == "trickle"]
+            ended = sum(o.result in ("stored", "timed-out") for o in trickled)
+            checks.append(
+                (
+                    f"{report.name}: no GET refused beside the trickles ({refused} 503s); "
+                    f"{ended} of {len(trickled)} trickles stored or timed out",
+                    refused == 0 and ended == len(trickled),
+                )
+            )
     for target in targets:
         if target.hwm_kib is None:
             continue

@@ -5,9 +5,12 @@
 #   - the newest rclone Debian has (sid's: 1.75.2 when written; setup-dev.sh installs 1.60.1),
 #   - aws cli v2: Debian bookworm's 2.9.19 (/usr/bin/aws) and trixie's 2.23 (in its own venv),
 #   - s3cmd (Debian's package),
-#   - the AWS SDK for JavaScript v3 (npm ci from tests/clients/js/package-lock.json).
+#   - the AWS SDK for JavaScript v3 (npm ci from tests/clients/js/package-lock.json),
+#   - the Go SDKs velero and kopia use (Debian's aws-sdk-go-v2 and minio-go v7, with its Go):
+#     tests/clients/go/velero and tests/clients/go/kopia built offline in GOPATH mode.
 # Everything that is not a Debian package goes to .clients/ (ignored by git); the tests find
-# .clients/bin/restic-0.18, restic-newest, rclone-newest, aws-2.23 and .clients/js/node_modules.
+# .clients/bin/restic-0.18, restic-newest, rclone-newest, aws-2.23, velero-s3check,
+# kopia-s3check and .clients/js/node_modules.
 # Debian packages need root (as in CI); without it they are skipped and their tests skip.
 # Safe to run again: whatever is installed already is kept.
 set -euo pipefail
@@ -19,18 +22,23 @@ export DEBIAN_FRONTEND=noninteractive
 is_root() { [ "$(id -u)" = 0 ]; }
 say() { echo "install-clients: $*"; }
 
-# --- Debian bookworm packages: s3cmd 2.3.0 and aws cli v2 2.9.19 --------------------------------
+# --- Debian bookworm packages: s3cmd 2.3.0, aws cli v2 2.9.19, Go and two of its S3 SDKs -------
+GO_PACKAGES=(golang-go golang-github-aws-aws-sdk-go-v2-dev golang-github-minio-minio-go-v7-dev)
 if command -v apt-get >/dev/null && is_root; then
     missing=()
     command -v s3cmd >/dev/null || missing+=(s3cmd)
     [ -x /usr/bin/aws ] || missing+=(awscli)
+    for package in "${GO_PACKAGES[@]}"; do
+        dpkg-query -W -f='${Status}' "$package" 2>/dev/null | grep -q 'ok installed' ||
+            missing+=("$package")
+    done
     if [ "${#missing[@]}" -gt 0 ]; then
         say "apt-get install ${missing[*]}"
         apt-get update -qq
         apt-get install -y -qq --no-install-recommends "${missing[@]}" >/dev/null
     fi
 else
-    say "not root or no apt-get: s3cmd and /usr/bin/aws (aws cli 2.9) not installed"
+    say "not root or no apt-get: s3cmd, /usr/bin/aws (aws cli 2.9) and ${GO_PACKAGES[*]} not installed"
 fi
 
 # --- Debian trixie's restic 0.18 and awscli 2.23, sid's restic and rclone -----------------------
@@ -126,6 +134,42 @@ else
     say "no npm: the JavaScript SDK is not installed"
 fi
 
+# --- the Go SDKs of velero (aws-sdk-go-v2) and kopia (minio-go v7) ------------------------------
+# Debian ships their sources in /usr/share/gocode: GOPATH mode builds against them offline (no
+# module proxy, no go.mod). The SDKs' version constants are unexported: -X gives them to each
+# program's -version. A program is built again when its sources are newer than its binary, or
+# Go or an SDK changed (the binary's .stamp records what it was built with).
+GOCODE=/usr/share/gocode/src/github.com
+AWS_SDK=$GOCODE/aws/aws-sdk-go-v2
+MINIO=$GOCODE/minio/minio-go/v7
+if command -v go >/dev/null && [ -d "$AWS_SDK/service/s3" ] && [ -d "$MINIO" ]; then
+    module_version() { sed -n 's/^const goModuleVersion = "\(.*\)"$/\1/p' "$1/go_module_metadata.go"; }
+    s3_version=$(module_version "$AWS_SDK/service/s3")
+    manager_version=$(module_version "$AWS_SDK/feature/s3/manager")
+    minio_version=$(sed -n 's/^\s*libraryVersion\s*=\s*"\(.*\)"$/\1/p' "$MINIO/api.go")
+    declare -A ldflags=(
+        [velero]="-X main.s3Version=$s3_version -X main.managerVersion=$manager_version"
+        [kopia]="-X main.minioVersion=$minio_version"
+    )
+    mkdir -p "$CLIENTS/go/gopath"
+    for program in velero kopia; do
+        binary=$CLIENTS/bin/$program-s3check
+        source=tests/clients/go/$program
+        stamp="$(go version) ${ldflags[$program]}"
+        if [ ! -x "$binary" ] || [ "$(cat "$binary.stamp" 2>/dev/null)" != "$stamp" ] ||
+            [ -n "$(find "$source" -newer "$binary" -print -quit)" ]; then
+            say "go build $source"
+            GO111MODULE=off GOPATH="$CLIENTS/go/gopath:/usr/share/gocode" GOPROXY=off GOFLAGS= \
+                GOCACHE="$CLIENTS/go/cache" \
+                go build -trimpath -ldflags "${ldflags[$program]}" -o "$binary.tmp" "./$source"
+            mv "$binary.tmp" "$binary"
+            echo "$stamp" >"$binary.stamp"
+        fi
+    done
+else
+    say "no go or no Debian Go SDKs (${GO_PACKAGES[*]}): velero-s3check and kopia-s3check not built"
+fi
+
 # --- what is there now ------------------------------------------------------------------------------
 version() { "$@" 2>/dev/null | head -n 1 || true; }
 say "restic      $(version restic version)"
@@ -138,3 +182,5 @@ say "aws (v2)    $(version /usr/bin/aws --version)"
 say "aws 2.23    $(version "$CLIENTS/bin/aws-2.23" --version)"
 say "node        $(version node --version), @aws-sdk/client-s3 $(version node -p \
     "require('$CLIENTS/js/node_modules/@aws-sdk/client-s3/package.json').version")"
+say "velero SDK  $(version "$CLIENTS/bin/velero-s3check" -version)"
+say "kopia SDK   $(version "$CLIENTS/bin/kopia-s3check" -version)"

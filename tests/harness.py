@@ -5,7 +5,10 @@ A real SeaweedFS (``running_seaweedfs``) and ``trios3 serve`` in front of it (``
 ``running_proxy``; both at once for a script: ``running_servers``), each on free loopback
 ports; ``Endpoint`` says how to reach either, makes boto3 clients for it and presigns URLs.
 A SeaweedFS can serve HTTPS with a CA of its own (``running_seaweedfs(data, tls=True)``, the
-CA in the endpoint's ``ca_bundle``; ``private_ca``). Then the process readers the benchmarks
+CA in the endpoint's ``ca_bundle``; ``private_ca``). One started by hand (``start_seaweedfs``)
+can be killed and started again on the same data and ports (``SeaweedFS.kill``, ``.restart``),
+a proxy on a port of the caller's (``start_proxy(port=)``), and ``reserved_ports`` gives ports
+no outgoing connection takes meanwhile. Then the process readers the benchmarks
 report (``cpu_seconds``, ``vm_hwm_kib``, ``status_kib``; over a proxy and its workers:
 ``process_tree``, ``tree_cpu_seconds``, ``reset_peak_rss``), what ``trios3 serve`` offers
 (``serve_has_option``), and the helpers test modules share (scratch buckets, botocore error
@@ -26,6 +29,7 @@ import base64
 import datetime
 import ipaddress
 import os
+import random
 import socket
 import subprocess
 import sys
@@ -108,6 +112,28 @@ def wait_port(port: int, process: subprocess.Popen, what: str, timeout: float = 
         except OSError:
             time.sleep(0.1)
     raise RuntimeError(f"{what} did not open port {port}")
+
+
+def reserved_ports(count: int) -> list[int]:
+    """``count`` ports free on loopback now and outside the kernel's ephemeral range, so that no
+    outgoing connection is given one as its own port: a server can be stopped and started again
+    on them (or a proxy told its backend's port before that backend listens) without another
+    socket taking them in between, as one of :func:`free_ports`' may be."""
+    low, high = (int(n) for n in Path("/proc/sys/net/ipv4/ip_local_port_range").read_text().split())
+    candidates = [port for port in range(10000, 65536) if not low <= port <= high]
+    rng = random.Random()  # not seeded: concurrent runs must not pick the same ones
+    rng.shuffle(candidates)
+    chosen: list[int] = []
+    for port in candidates:
+        with socket.socket() as sock:
+            try:
+                sock.bind(("127.0.0.1", port))
+            except OSError:
+                continue
+        chosen.append(port)
+        if len(chosen) == count:
+            return chosen
+    raise RuntimeError(f"fewer than {count} ports free outside the ephemeral range")
 
 
 def stop_process(process: subprocess.Popen, grace: float = 10) -> float | None:
@@ -224,34 +250,91 @@ def reset_peak_rss(pid: int) -> bool:
 # -- SeaweedFS --------------------------------------------------------------------------------
 
 
-@contextmanager
-def running_seaweedfs(data: Path, *, tls: bool = False) -> Iterator[Endpoint]:
-    """A SeaweedFS S3 server (``weed mini``, as the embedded backend runs it) on free ports, its
-    data and ``weed.log`` in ``data``, for the ``with`` block.
+class SeaweedFS(NamedTuple):
+    """A SeaweedFS that :func:`start_seaweedfs` started: its process, how to reach it, the
+    ports it listens on (to start it again on the same ones) and its log."""
 
-    ``tls``: its S3 port serves HTTPS only, with a server certificate signed by a CA of its own
-    (:func:`private_ca`, in ``data/tls``); the endpoint's ``ca_bundle`` is that CA, which no
-    system bundle trusts: a backend on premises with a private CA."""
+    process: subprocess.Popen
+    endpoint: Endpoint
+    data: Path
+    ports: dict[str, int]
+    tls: bool
+    log: BinaryIO
+
+    def kill(self) -> None:
+        """SIGKILL, as a crash would: nothing is flushed or closed by the process."""
+        self.process.kill()
+        self.process.wait()
+        self.log.close()
+
+    def stop(self, grace: float = 3) -> None:
+        """:func:`stop_process` (SeaweedFS takes its time over SIGTERM), then close the log."""
+        try:
+            stop_process(self.process, grace=grace)
+        finally:
+            self.log.close()
+
+    def restart(self) -> SeaweedFS:
+        """Another SeaweedFS on the same data and the same ports, once this one has exited
+        (killed or stopped): its clients find it where they left it."""
+        return start_seaweedfs(self.data, tls=self.tls, ports=self.ports)
+
+
+def start_seaweedfs(
+    data: Path, *, tls: bool = False, ports: Mapping[str, int] | None = None
+) -> SeaweedFS:
+    """A SeaweedFS S3 server (``weed mini``, as the embedded backend runs it), its data and
+    ``weed.log`` (appended to) in ``data``, once it accepts writes; its owner stops it.
+
+    ``ports``: the ports to listen on (every name of ``PORT_OPTIONS``), to start it again where
+    it was (:meth:`SeaweedFS.restart`); by default free ones. ``tls`` as in
+    :func:`running_seaweedfs` (the CA made on the first start is kept for the next)."""
     access, secret, s3_config = backend_identity(data)
-    ports = dict(zip(PORT_OPTIONS, free_ports(len(PORT_OPTIONS)), strict=True))
+    if ports is None:
+        ports = dict(zip(PORT_OPTIONS, free_ports(len(PORT_OPTIONS)), strict=True))
+    ports = dict(ports)
     command = weed_command(find_weed(), data, s3_config, ports)
     ca = None
     if tls:
         # With a certificate and no -s3.port.https, weed serves HTTPS on -s3.port.
-        files = private_ca(data / "tls")
+        directory = data / "tls"
+        files = TLSFiles(
+            directory / "ca.pem", directory / "server.pem", directory / "server-key.pem"
+        )
+        if not all(path.exists() for path in files):
+            files = private_ca(directory)
         command += [f"-s3.cert.file={files.cert}", f"-s3.key.file={files.key}"]
         ca = str(files.ca)
-    log = open(data / "weed.log", "wb")  # noqa: SIM115
+    log = open(data / "weed.log", "ab")  # noqa: SIM115
     process = subprocess.Popen(command, stdout=log, stderr=subprocess.STDOUT)
     try:
         wait_port(ports["s3.port"], process, "SeaweedFS")
         scheme = "https" if tls else "http"
         endpoint = Endpoint(f"{scheme}://127.0.0.1:{ports['s3.port']}", access, secret, ca)
         _wait_writable(endpoint)
-        yield endpoint
-    finally:
-        stop_process(process, grace=3)  # SeaweedFS takes its time over SIGTERM; its data is scratch
+    except BaseException:
+        stop_process(process, grace=3)
         log.close()
+        raise
+    return SeaweedFS(process, endpoint, data, ports, tls, log)
+
+
+@contextmanager
+def running_seaweedfs(
+    data: Path, *, tls: bool = False, ports: Mapping[str, int] | None = None
+) -> Iterator[Endpoint]:
+    """A SeaweedFS S3 server (``weed mini``, as the embedded backend runs it) on free ports, its
+    data and ``weed.log`` in ``data``, for the ``with`` block (:func:`start_seaweedfs`, whose
+    ``ports`` it takes too).
+
+    ``tls``: its S3 port serves HTTPS only, with a server certificate signed by a CA of its own
+    (:func:`private_ca`, in ``data/tls``); the endpoint's ``ca_bundle`` is that CA, which no
+    system bundle trusts: a backend on premises with a private CA."""
+    server = start_seaweedfs(data, tls=tls, ports=ports)
+    try:
+        yield server.endpoint
+    finally:
+        server.stop()  # its data is scratch
 
 
 def _wait_writable(endpoint: Endpoint) -> None:
@@ -446,6 +529,7 @@ def start_proxy(
     env: Mapping[str, str] | None = None,
     cgroup: Path | None = None,
     log_path: Path | None = None,
+    port: int | None = None,
 ) -> Proxy:
     """``trios3 serve`` as a user runs it, in front of ``backend``, once it accepts connections.
 
@@ -454,9 +538,12 @@ def start_proxy(
     self-signed certificate made in ``directory``; ``extra``: more command-line options; ``env``:
     environment entries that win over these; ``cgroup``: a cgroup directory the process joins
     before it execs, so that nothing it allocates is counted outside it; ``log_path``: where
-    its output goes (default ``directory/proxy.log``).
+    its output goes (default ``directory/proxy.log``); ``port``: where it listens
+    (default a free one; a proxy started again where one was killed, with that one's
+    ``master_key`` and ``env={"TRIOS3_SECRET_ACCESS_KEY": ...}``, is the same proxy to its
+    clients).
     """
-    port = free_ports(1)[0]
+    port = port or free_ports(1)[0]
     master = master_key or base64.b64encode(MasterKey.generate()).decode()
     env = {
         **os.environ,

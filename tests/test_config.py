@@ -37,6 +37,11 @@ BASE_ENV = {
 }
 
 
+def secrets_of(credentials) -> dict[str, str]:
+    """Access key id -> secret (credentials are Credentials with a scope since tenants)."""
+    return {access: c.secret_access_key for access, c in credentials.items()}
+
+
 def config_from(argv, env):
     parser = argparse.ArgumentParser()
     add_serve_options(parser, env)  # the parser reads the environment as it is built
@@ -66,7 +71,7 @@ def test_flags_and_environment_give_the_same_config():
         assert config.listen == "0.0.0.0:9999"
         assert config.backend_url == "http://s3.local:9000"
         assert config.memory_budget == 8 * 1024 * 1024
-        assert config.credentials == {"client": "secret"}
+        assert secrets_of(config.credentials) == {"client": "secret"}
         assert config.keyring.primary.key_id == MasterKey.from_base64(KEY).key_id
 
 
@@ -111,7 +116,8 @@ def test_credentials_file_holds_many_pairs(tmp_path):
         k: v for k, v in BASE_ENV.items() if "TRIOS3_ACCESS" not in k and "TRIOS3_SECRET" not in k
     }
     config = config_from(["--backend", "http://x:1", "--credentials", str(path)], env)
-    assert config.credentials == {"a": "sa", "b": "sb"}
+    assert secrets_of(config.credentials) == {"a": "sa", "b": "sb"}
+    assert all(c.scope.admin and c.scope.buckets is None for c in config.credentials.values())
 
 
 def test_sizes_accept_binary_and_decimal_units():
@@ -302,7 +308,17 @@ def test_help_shows_each_options_variable_and_default():
         "--backend",
         "--backend-region",
         "--backend-ca-bundle",
+        "--backend-checksum",
         "--key-file",
+        "--pkcs11-module",
+        "--pkcs11-token-label",
+        "--kmip-host",
+        "--kmip-port",
+        "--kmip-cert",
+        "--kmip-key",
+        "--kmip-ca",
+        "--kms-cache-seconds",
+        "--kms-timeout",
         "--backend-timeout",
     ]
 
@@ -337,11 +353,12 @@ def test_each_part_gets_its_view_of_the_config():
         max_connections=2 * 10 + 8,  # two per request in flight, and a few more
         timeout=7.0,
         ca_bundle=None,  # the system's CAs
+        checksum=True,  # uploads verified by the backend (crc32c)
     )
     assert "backendsecret" not in repr(backend) and "backendsecret" not in repr(config)
     proxy = config.proxy()
     assert proxy.backend == backend
-    assert proxy.credentials == {"client": "secret"}
+    assert secrets_of(proxy.credentials) == {"client": "secret"}
     assert proxy.keyring is config.keyring
     assert (proxy.memory_budget, proxy.admission_timeout) == (64 * 1024**2, 30.0)
     assert (proxy.body_timeout, proxy.max_requests, proxy.require_encrypted) == (5.0, 10, True)
@@ -447,3 +464,235 @@ def test_the_backend_ca_bundle_reaches_the_backend_view_and_the_offline_tools(tm
     with pytest.raises(ConfigError) as caught:
         tool_settings(missing, BASE_ENV)
     assert str(caught.value) == "--backend-ca-bundle: no such file: /no.pem"
+
+
+@pytest.mark.parametrize("flag", [[], ["--require-encrypted"]])
+def test_the_banner_says_whether_objects_not_encrypted_are_refused(flag):
+    from trios3.cli import _banner
+
+    config = config_from(["--backend", "http://s3.local:9000", *flag], BASE_ENV)
+    text = _banner(config, ["http://127.0.0.1:8080"])
+    if flag:
+        assert "objects not encrypted by trios3: refused (--require-encrypted)" in text
+    else:
+        assert "served as they are (migration mode; --require-encrypted refuses them)" in text
+
+
+def test_the_banner_says_when_the_backend_does_not_verify_uploads():
+    from trios3.cli import _banner
+
+    quiet = config_from(["--backend", "http://s3.local:9000"], BASE_ENV)
+    assert "--backend-checksum" not in _banner(quiet, [])
+    off = config_from(["--backend", "http://s3.local:9000", "--backend-checksum", "off"], BASE_ENV)
+    assert "uploads: not verified by the backend (--backend-checksum off)" in _banner(off, [])
+    with pytest.raises(ConfigError, match="--backend-checksum: expected crc32c or off"):
+        config_from(["--backend", "http://s3.local:9000", "--backend-checksum", "md5"], BASE_ENV)
+
+
+# -- keys an HSM or KMS keeps: pkcs11: and kmip: lines of the key file --------------------------
+
+SOFTHSM_MODULE = "/usr/lib/softhsm/libsofthsm2.so"
+
+
+def managed_line(manager: str = "pkcs11", name: str = "kek", key_id: str = "0123456789abcdef"):
+    from trios3.keystores import ManagedKey
+
+    return ManagedKey(manager, name, key_id, bytes(range(60)))
+
+
+@pytest.mark.parametrize("name", ["kek", "a label: with spaces, # and commas", "é/%", "42"])
+def test_a_key_managers_line_names_its_key_and_round_trips(name):
+    from trios3.keystores import ManagedKey
+
+    for manager in ("pkcs11", "kmip"):
+        line = managed_line(manager, name).line()
+        assert line.startswith(f"{manager}:") and len(line.split()) == 1 and "," not in line
+        assert "#" not in line
+        assert ManagedKey.parse(line) == managed_line(manager, name)
+        assert ManagedKey.parse(f"  {line}\n").key_name == name
+
+
+@pytest.mark.parametrize(
+    ("entry", "expected"),
+    [
+        ("hsm:kek:0123456789abcdef:AAAA", "unknown key manager 'hsm' (pkcs11: or kmip:)"),
+        ("pkcs11:kek:AAAA", "a pkcs11: line is pkcs11:NAME:KEY_ID:BASE64"),
+        ("kmip:1:2:0123456789abcdef:AAAA", "a kmip: line is kmip:NAME:KEY_ID:BASE64"),
+        ("pkcs11::0123456789abcdef:AAAA", "a pkcs11: line names no key"),
+        ("pkcs11:kek:0123456789ABCDEF:AAAA", "a pkcs11: line's key id is not 16 hex digits"),
+        ("kmip:7:0123:AAAA", "a kmip: line's key id is not 16 hex digits"),
+        (
+            "pkcs11:kek:0123456789abcdef:not*base64",
+            "a pkcs11: line's wrapped key is not valid base64",
+        ),
+        (
+            "pkcs11:kek:0123456789abcdef:" + base64.b64encode(bytes(59)).decode(),
+            "a pkcs11: line's wrapped key is not 60 bytes",
+        ),
+    ],
+)
+def test_bad_key_manager_lines_are_one_clear_line(tmp_path, entry, expected):
+    from trios3.config import load_keyring
+
+    path = tmp_path / "keys"
+    path.write_text(f"{KEY}\n{entry}\n")
+    with pytest.raises(ConfigError) as caught:
+        load_keyring(str(path), {})
+    assert str(caught.value) == f"--key-file {path}: key 2: {expected}"
+    assert "\n" not in str(caught.value)
+    with pytest.raises(ConfigError, match="TRIOS3_MASTER_KEY: key 1: "):
+        load_keyring(None, {"TRIOS3_MASTER_KEY": entry})
+
+
+def test_a_key_file_mixes_its_own_keys_and_those_a_key_manager_keeps(tmp_path):
+    from trios3.config import read_keys
+    from trios3.core.errors import S3Error
+    from trios3.keystores import HeldKey
+
+    kept = managed_line("pkcs11", "kek", "00000000000000aa")
+    other = managed_line("kmip", "42", "00000000000000bb")
+    path = tmp_path / "keys"
+    path.write_text(f"# the primary, in the HSM\n{kept.line()}\n{KEY}  # older\n{other.line()}\n")
+    keyring, held = read_keys(str(path), {})
+    own = MasterKey.from_base64(KEY).key_id
+    assert keyring.key_ids == ("00000000000000aa", own, "00000000000000bb")
+    assert [key.managed for key in held] == [kept, other]
+    assert all(isinstance(key, HeldKey) for key in held)
+    assert keyring.primary is held[0]
+    # Until the key manager has decrypted it, the key is unavailable (503), never a wrong key.
+    assert held[0].problem() == "master key 00000000000000aa is not available: not loaded yet"
+    with pytest.raises(S3Error) as caught:
+        keyring.seal_new("bucket", "key")
+    assert caught.value.status == 503 and caught.value.code == "ServiceUnavailable"
+    # The variable takes the same lines.
+    from_env, held_env = read_keys(None, {"TRIOS3_MASTER_KEY": f"{KEY},{kept.line()}"})
+    assert from_env.key_ids == (own, "00000000000000aa")
+    assert [key.managed for key in held_env] == [kept]
+    assert read_keys(None, {"TRIOS3_MASTER_KEY": KEY})[1] == ()
+
+
+def test_keygen_adds_and_promotes_a_key_manager_line(tmp_path):
+    from trios3.config import add_key, load_keyring, promote_key
+
+    path = tmp_path / "keys"
+    first = write_key_file(path, managed_line(key_id="00000000000000aa"))
+    assert stat.S_IMODE(os.stat(path).st_mode) == 0o600
+    assert path.read_text() == managed_line(key_id="00000000000000aa").line() + "\n"
+    second = add_key(path, primary=False)
+    third = add_key(path, primary=False, managed=managed_line("kmip", "7", "00000000000000cc"))
+    assert load_keyring(str(path), {}).key_ids == (first, second, third)
+    promote_key(path, third)
+    assert load_keyring(str(path), {}).key_ids == (third, first, second)
+    with pytest.raises(ConfigError, match="key 00000000000000aa is in it already"):
+        add_key(path, primary=True, managed=managed_line(key_id="00000000000000aa"))
+
+
+def kept_env(tmp_path, *lines) -> dict[str, str]:
+    path = tmp_path / "kept.keys"
+    path.write_text("".join(f"{line.line()}\n" for line in lines))
+    return {**BASE_ENV, "TRIOS3_KEY_FILE": str(path)}
+
+
+def test_a_key_managers_lines_need_how_to_reach_it(tmp_path):
+    module = tmp_path / "libhsm.so"
+    module.write_bytes(b"")
+    cert = tmp_path / "client.pem"
+    cert.write_text("")
+    pkcs11 = kept_env(tmp_path, managed_line("pkcs11"))
+    for env_change, message in (
+        ({}, "pkcs11: keys need --pkcs11-module, the HSM's PKCS#11 library"),
+        ({"TRIOS3_PKCS11_MODULE": str(module)}, "pkcs11: keys need --pkcs11-token-label"),
+        (
+            {"TRIOS3_PKCS11_MODULE": str(module), "TRIOS3_PKCS11_TOKEN_LABEL": "trios3"},
+            "pkcs11: keys need TRIOS3_PKCS11_PIN, the token's user PIN",
+        ),
+        ({"TRIOS3_PKCS11_MODULE": "/no/such.so"}, "--pkcs11-module: no such file: /no/such.so"),
+    ):
+        with pytest.raises(ConfigError) as caught:
+            config_from(["--backend", "http://x:1"], {**pkcs11, **env_change})
+        assert message in str(caught.value) and "\n" not in str(caught.value)
+    kmip = kept_env(tmp_path, managed_line("kmip", "42"))
+    for env_change, message in (
+        ({}, "kmip: keys need --kmip-host, the KMIP server's host name"),
+        ({"TRIOS3_KMIP_HOST": "kms.local"}, "kmip: keys need --kmip-cert, the client certificate"),
+        (
+            {"TRIOS3_KMIP_HOST": "kms.local", "TRIOS3_KMIP_CERT": str(cert)},
+            "kmip: keys need --kmip-key, its private key",
+        ),
+        ({"TRIOS3_KMIP_PORT": "99999"}, "--kmip-port: expected a port number, got '99999'"),
+        (
+            {
+                "TRIOS3_KMIP_HOST": "kms.local",
+                "TRIOS3_KMIP_CERT": str(cert),
+                "TRIOS3_KMIP_KEY": str(cert),
+                "TRIOS3_KMS_CACHE_SECONDS": "10",
+                "TRIOS3_KMS_TIMEOUT": "6",
+            },
+            "--kms-timeout 6: at most half of --kms-cache-seconds (10)",
+        ),
+    ):
+        with pytest.raises(ConfigError) as caught:
+            config_from(["--backend", "http://x:1"], {**kmip, **env_change})
+        assert message in str(caught.value) and "\n" not in str(caught.value)
+
+
+def test_a_key_managers_settings_reach_its_view_and_the_pin_is_never_shown(tmp_path):
+    module = tmp_path / "libhsm.so"
+    module.write_bytes(b"")
+    env = {
+        **kept_env(
+            tmp_path, managed_line("pkcs11"), managed_line("kmip", "42", "00000000000000bb")
+        ),
+        "TRIOS3_PKCS11_TOKEN_LABEL": "trios3",
+        "TRIOS3_PKCS11_PIN": "s3cr3t-pin",
+        "TRIOS3_KMIP_HOST": "kms.local",
+        "TRIOS3_KMIP_CERT": str(module),
+        "TRIOS3_KMIP_KEY": str(module),
+    }
+    config = config_from(
+        ["--backend", "http://x:1", "--pkcs11-module", str(module), "--kms-cache-seconds", "60"],
+        env,
+    )
+    assert [key.managed.manager for key in config.held_keys] == ["pkcs11", "kmip"]
+    assert config.keyring.key_ids == ("0123456789abcdef", "00000000000000bb")
+    view = config.keystore()
+    assert (view.pkcs11_module, view.pkcs11_token_label, view.pkcs11_pin) == (
+        str(module),
+        "trios3",
+        "s3cr3t-pin",
+    )
+    assert (view.kmip_host, view.kmip_port, view.kmip_ca) == ("kms.local", 5696, None)
+    assert (view.cache_seconds, view.timeout) == (60.0, 10.0)
+    assert "s3cr3t-pin" not in repr(config) and "s3cr3t-pin" not in repr(view)
+    serve = argparse.ArgumentParser()
+    add_serve_options(serve, {})
+    text = serve.format_help()
+    assert "--pkcs11-module" in text and "--kms-cache-seconds" in text
+    assert "PIN" not in " ".join(a for action in serve._actions for a in action.option_strings)
+    from trios3.cli import _banner
+
+    banner = _banner(config, [])
+    assert (
+        "master keys: 2 of 2 kept by the KMIP server kms.local:5696 and the PKCS#11 token "
+        "'trios3', decrypted there every 30 s and kept 60 s (--kms-cache-seconds)"
+    ) in banner
+
+
+def test_keygen_for_a_key_manager_is_one_clear_line_when_its_options_are_missing(tmp_path):
+    env = {k: v for k, v in os.environ.items() if not k.startswith("TRIOS3_")}
+    for args, expected in (
+        (["--pkcs11"], "pkcs11: keys need --pkcs11-module"),
+        (["--kmip"], "kmip: keys need --kmip-host"),
+        (["--create-key"], "--create-key goes with --pkcs11 or --kmip"),
+        (["--pkcs11", "--promote", "0" * 16], "--promote takes no --pkcs11 or --kmip"),
+    ):
+        result = subprocess.run(
+            [sys.executable, "-m", "trios3.cli", "keygen", *args, str(tmp_path / "keys")],
+            env=env,
+            capture_output=True,
+            text=True,
+            timeout=60,
+        )
+        assert (result.returncode, result.stderr.count("\n")) == (2, 1), result.stderr
+        assert expected in result.stderr
+        assert not (tmp_path / "keys").exists()

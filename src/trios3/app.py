@@ -23,7 +23,7 @@ from trios3.backend import Backend, BackendUnavailable, open_backend
 from trios3.body import READ_UNIT, ClientChannel, ClientDisconnected
 from trios3.budget import MemoryBudget
 from trios3.config import ProxySettings
-from trios3.core import sigv4
+from trios3.core import access, sigv4
 from trios3.core.errors import S3Error, TamperedError
 from trios3.core.headers import request_headers
 from trios3.core.routing import Target, resolve_target
@@ -112,12 +112,20 @@ DISCARD_TIMEOUT = 5.0
 class S3Proxy:
     """The ASGI callable hypercorn serves."""
 
-    def __init__(self, settings: ProxySettings, backend: Backend | None = None) -> None:
+    def __init__(
+        self,
+        settings: ProxySettings,
+        backend: Backend | None = None,
+        *,
+        keys_problem: Callable[[], str | None] | None = None,
+    ) -> None:
         self.settings = settings
+        self._keys_problem = keys_problem  # why master keys are unusable now (keystores.py)
         self.budget = MemoryBudget(settings.memory_budget, settings.admission_timeout)
         self.stats = Counts()
         self._backend = backend
         self._signing_keys = sigv4.SigningKeys()
+        self.stopping = False  # set when the server stops taking connections (SIGTERM)
         self.metrics = Metrics(self.stats, self.budget.stats, self._pool_connections)
         self._admin = _admin_app(self)
 
@@ -127,6 +135,10 @@ class S3Proxy:
     async def readiness_problem(self) -> str | None:
         """Why the proxy cannot serve S3 now, or None: the backend must answer (any HTTP
         answer will do: it is there) and the keys must be loaded (they are, once started)."""
+        if self.stopping:
+            return "shutting down"
+        if self._keys_problem is not None and (problem := self._keys_problem()):
+            return problem
         if self._backend is None:
             return "starting"
         with trio.move_on_after(READINESS_TIMEOUT):
@@ -189,6 +201,7 @@ class S3Proxy:
                     nursery.cancel_scope,
                     self.settings.body_timeout,
                     scope.get("state", {}).get(READ_UNIT),
+                    self.settings.body_min_rate,
                 )
                 respond.before_last = channel.stop_reading
                 nursery.start_soon(channel.run)
@@ -294,14 +307,16 @@ class S3Proxy:
             query_string,
             headers.get("host"),
             self.settings.virtual_host_domain,
+            own_hosts=self.settings.own_hosts,
         )
         auth = sigv4.parse_auth(scope["method"], raw_path, query_string, pairs)
         if auth is None:
             raise S3Error("AccessDenied", "Anonymous requests are not accepted.")
         sigv4.check_signed_headers(headers, auth)
-        secret = self.settings.credentials.get(auth.access_key)
-        if secret is None:
+        credential = self.settings.credentials.get(auth.access_key)
+        if credential is None:
             raise S3Error("InvalidAccessKeyId", fields={"AWSAccessKeyId": auth.access_key})
+        secret = credential.secret_access_key
         signing_key = sigv4.verify(
             auth,
             secret,
@@ -312,6 +327,17 @@ class S3Proxy:
             datetime.now(UTC),
             keys=self._signing_keys,
         )
+        # Authentic; now allowed? Decided from the request alone, before the backend hears
+        # of it (trios3.core.access; the operations check what only their bodies say).
+        access.authorize(
+            credential.scope,
+            target.operation,
+            target.bucket,
+            target.key,
+            method=scope["method"],
+            query=target.query,
+            headers=headers,
+        )
         return Exchange(
             services=self.services,
             target=target,
@@ -321,6 +347,7 @@ class S3Proxy:
             signing_key=signing_key,
             channel=channel,
             respond=respond,
+            credential=credential,
         )
 
     async def _dispatch(self, name: str, exchange: Exchange) -> None:

@@ -21,6 +21,7 @@ from trios3.core import sigv4
 from trios3.core.errors import S3Error
 from trios3.core.http1 import request_head
 from trios3.core.s3xml import parse_error
+from trios3.core.upload_checksum import MISMATCH_CODES, ChecksummedBody
 
 __all__ = ["SMALL_BODY", "Backend", "BackendUnavailable", "Response", "open_backend"]
 
@@ -73,15 +74,38 @@ class Backend:
         headers: Sequence[tuple[str, str]] = (),
         body: bytes | AsyncIterable[bytes] | None = None,
         content_length: int | None = None,
+        verified: bool = False,
     ) -> AsyncIterator[Response]:
         """Send one signed request; the response body is read inside the ``async with``.
+
+        ``verified``: a streamed body (``content_length`` bytes) goes out framed with a
+        checksum the backend verifies before it stores anything
+        (trios3.core.upload_checksum), unless the backend cannot take one
+        (``--backend-checksum off``): a byte changed on the way is an error, not a stored
+        object.
 
         Leaving the block (normally, by error or by cancellation) before the body's end
         closes the connection, so a pooled connection is never left half-read. Transport
         failures (unreachable, silent, dropped) are :class:`BackendUnavailable`, and the app
         answers and counts them in one place, wherever in a request they happen.
         """
-        head = self._head(method, bucket, key, query, headers, body, content_length)
+        payload_hash = None
+        streamed = body is not None and not isinstance(body, bytes)
+        if verified and streamed and self.settings.checksum:
+            if content_length is None:
+                raise ValueError("a streamed backend body needs its Content-Length")
+            framing = ChecksummedBody(content_length)
+            body = _framed(body, framing)
+            # The object's own coding (gzip, say) follows the framing's: "aws-chunked, gzip".
+            coding = [v for n, v in headers if n.lower() == "content-encoding"]
+            headers = [(n, v) for n, v in headers if n.lower() != "content-encoding"]
+            for name, value in framing.headers():
+                if name == "content-encoding" and coding:
+                    value = ", ".join([value, *coding])
+                headers.append((name, value))
+            content_length = framing.content_length
+            payload_hash = framing.payload_hash
+        head = self._head(method, bucket, key, query, headers, body, content_length, payload_hash)
         async with self._pool.exchange(method, head, body, content_length) as response:
             yield response
 
@@ -112,6 +136,7 @@ class Backend:
         headers: Sequence[tuple[str, str]],
         body: bytes | AsyncIterable[bytes] | None,
         content_length: int | None,
+        payload_hash: str | None = None,
     ) -> bytes:
         path = self._prefix + "/"
         if bucket:
@@ -125,7 +150,8 @@ class Backend:
             if body or method in ("PUT", "POST"):
                 out.append(("content-length", str(len(body))))
         else:
-            payload_hash = sigv4.UNSIGNED_PAYLOAD if body is not None else sigv4.EMPTY_SHA256
+            if payload_hash is None:
+                payload_hash = sigv4.UNSIGNED_PAYLOAD if body is not None else sigv4.EMPTY_SHA256
             if body is not None:
                 if content_length is None:
                     raise ValueError("a streamed backend body needs its Content-Length")
@@ -150,6 +176,12 @@ class Backend:
         return request_head(method, target.encode("ascii"), out)
 
 
+async def _framed(body: AsyncIterable[bytes], framing: ChecksummedBody) -> AsyncIterator[bytes]:
+    async for piece in body:
+        yield framing.frame(piece)
+    yield framing.trailer()
+
+
 def backend_error(response: Response, body: bytes) -> S3Error:
     """The S3 error to give the client for a failed backend response."""
     parsed = parse_error(body) if body else None
@@ -166,6 +198,13 @@ def backend_error(response: Response, body: bytes) -> S3Error:
     code, message = parsed
     if code in _BACKEND_AUTH_ERRORS:
         return S3Error("InternalError", "The backend refused the proxy's credentials.")
+    if code in MISMATCH_CODES and status == 400:
+        # The client's own digests are the proxy's to check and never go to the backend:
+        # a digest the backend refuses is the one the proxy sent, over what it sent.
+        return S3Error(
+            "InternalError",
+            "The upload was changed on its way to the backend, which stored nothing. Please retry.",
+        )
     return S3Error(code, message or None, status=status)
 
 

@@ -16,6 +16,7 @@ import trio
 from trios3.core.checksums import PayloadChecks
 from trios3.core.chunked import AwsChunkedDecoder, ChunkSigning, EndOfBody, NeedData
 from trios3.core.errors import S3Error
+from trios3.core.numbers import parse_decimal
 from trios3.core.sigv4 import STREAMING_MODES, RequestAuth
 
 MAX_SINGLE_PUT = 5 * 1024**3
@@ -62,10 +63,12 @@ class ClientChannel:
         scope: trio.CancelScope,
         body_timeout: float,
         read_unit: ReadUnit | None = None,
+        min_rate: float = 0.0,
     ) -> None:
         self._receive = receive
         self._scope = scope
         self._body_timeout = body_timeout
+        self._min_rate = min_rate
         self._read_unit = read_unit
         self._send, self._recv = trio.open_memory_channel[bytes](0)
         self.disconnected = False
@@ -132,31 +135,45 @@ class ClientChannel:
     async def chunks(self) -> AsyncIterator[bytes]:
         """The raw body bytes as they arrive; ends at the end of the body.
 
-        A client that stops sending for ``body_timeout`` seconds gets ``RequestTimeout``
-        (a slow-loris upload must not hold its budget lease forever).
+        A client that stops sending for ``body_timeout`` seconds gets ``RequestTimeout``, and
+        so does one that keeps sending, but slower on average than ``min_rate`` bytes a
+        second once ``body_timeout`` seconds have passed: a trickling upload (a byte a second
+        restarts any pause timer) must not hold its budget lease and request slot forever.
         """
+        started = trio.current_time()
+        received = 0
         while True:
+            deadline = trio.current_time() + self._body_timeout
+            if self._min_rate:
+                # The moment the average since the start would fall below the floor.
+                deadline = min(deadline, started + self._body_timeout + received / self._min_rate)
             try:
-                with trio.fail_after(self._body_timeout):
+                with trio.fail_at(deadline):
                     chunk = await self._recv.receive()
             except trio.TooSlowError:
                 raise S3Error("RequestTimeout") from None
             except trio.EndOfChannel:
                 return
+            received += len(chunk)
             yield chunk
 
 
 def plaintext_length(headers: Mapping[str, str], content_sha256: str | None) -> int:
-    """The number of payload bytes the client declared: S3 requires one for every upload."""
+    """The number of payload bytes the client declared: S3 requires one for every upload.
+
+    ASCII digits only, read in bounded time (trios3.core.numbers): ``"²"`` is no number, and
+    a length of thousands of digits is EntityTooLarge, as any length over 5 GiB.
+    """
+
     if content_sha256 in STREAMING_MODES:
         declared = headers.get("x-amz-decoded-content-length")
     else:
         declared = headers.get("content-length")
     if declared is None:
         raise S3Error("MissingContentLength")
-    if not declared.isdigit():
+    length = parse_decimal(declared)
+    if length is None:
         raise S3Error("InvalidArgument", "The declared content length is not a number.")
-    length = int(declared)
     if length > MAX_SINGLE_PUT:
         raise S3Error(
             "EntityTooLarge",

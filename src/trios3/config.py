@@ -21,22 +21,24 @@ from __future__ import annotations
 import argparse
 import base64
 import dataclasses
+import importlib.util
+import ipaddress
 import logging
 import os
 import re
 import secrets
+import socket
 import tempfile
-import tomllib
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from trios3.core.keys import Keyring, MasterKey
-
-
-class ConfigError(Exception):
-    """A configuration problem, reported as one line at start-up."""
+from trios3.core.access import ADMIN, Credential
+from trios3.core.errors import ConfigError
+from trios3.core.keys import Keyring, MasterKey, WrappingKey
+from trios3.credentials import BucketKey, load_bucket_keys, load_credentials
+from trios3.keystores import HeldKey, KeystoreSettings, ManagedKey, is_managed_line
 
 
 def env_name(option: str) -> str:
@@ -58,6 +60,7 @@ class Option:
     parse: Callable[[Any, str], Any] | None = None  # (text, flag) -> value, or ConfigError
     switch: bool = False  # no value: on if given, or if its variable is 1/true/yes/on
     tool: bool = False  # also an option of the offline tools (rewrap, inspect)
+    keystore: bool = False  # also an option of keygen: how to reach an HSM or KMS
 
     def value(self, text: Any) -> Any:
         """The field's value for ``text`` as given."""
@@ -95,9 +98,10 @@ def option(
     parse: Callable[[Any, str], Any] | None = None,
     *,
     tool: bool = False,
+    keystore: bool = False,
 ) -> Any:
     """A field given as ``--flag`` or ``TRIOS3_<FLAG>``; its default is ``default`` parsed."""
-    spec = Option(flag, env_name(flag), default, help, parse, tool=tool)
+    spec = Option(flag, env_name(flag), default, help, parse, tool=tool, keystore=keystore)
     return field(default=spec.value(default), metadata={"option": spec})
 
 
@@ -107,9 +111,11 @@ def switch(flag: str, help: str) -> Any:
     return field(default=False, metadata={"option": spec})
 
 
-def variable(name: str, help: str, *, tool: bool = False, secret: bool = False) -> Any:
+def variable(
+    name: str, help: str, *, tool: bool = False, secret: bool = False, keystore: bool = False
+) -> Any:
     """A field given only as the environment variable ``name`` (a secret: never a flag)."""
-    spec = Option(None, name, None, help, tool=tool)
+    spec = Option(None, name, None, help, tool=tool, keystore=keystore)
     return field(default=None, repr=not secret, metadata={"option": spec})
 
 
@@ -171,6 +177,37 @@ def _parse_log_format(text: str, option: str) -> str:
     return text
 
 
+def _parse_backend_checksum(text: str, option: str) -> bool:
+    if text not in ("crc32c", "off"):
+        raise ConfigError(f"--{option}: expected crc32c or off, got {text!r}")
+    return text == "crc32c"
+
+
+def _is_ip(text: str) -> bool:
+    try:
+        ipaddress.ip_address(text)
+    except ValueError:
+        return False
+    return True
+
+
+def _parse_hostnames(text: str | None, option: str) -> tuple[str, ...]:
+    names = tuple(n.strip().lower().rstrip(".") for n in (text or "").split(",") if n.strip())
+    for name in names:
+        if not re.fullmatch(
+            r"[a-z0-9]([a-z0-9-]*[a-z0-9])?(\.[a-z0-9]([a-z0-9-]*[a-z0-9])?)*", name
+        ):
+            raise ConfigError(f"--{option}: not a host name: {name!r}")
+    return names
+
+
+def _parse_port(text, option: str) -> int:
+    text = str(text)
+    if not text.isdigit() or not 1 <= int(text) <= 65535:
+        raise ConfigError(f"--{option}: expected a port number, got {text!r}")
+    return int(text)
+
+
 def _parse_path(text: str, option: str) -> Path:
     return Path(text)
 
@@ -215,6 +252,14 @@ class Config:
         _parse_file,
         tool=True,
     )
+    backend_checksum: bool = option(
+        "backend-checksum",
+        "crc32c",
+        "crc32c: uploads carry a checksum of their ciphertext the backend verifies before "
+        "storing (aws-chunked with a trailer); off: for a backend that cannot",
+        _parse_backend_checksum,
+        tool=True,
+    )
     backend_access_key: str | None = variable(
         "TRIOS3_BACKEND_ACCESS_KEY_ID", "the backend's access key id", tool=True
     )
@@ -227,8 +272,74 @@ class Config:
     key_file: str | None = option(
         "key-file",
         None,
-        "file holding the base64 master key (or set TRIOS3_MASTER_KEY)",
+        "file of master keys, one a line: base64, or pkcs11:/kmip: lines of keys an HSM or a "
+        "KMS keeps (trios3 keygen --pkcs11/--kmip); or set TRIOS3_MASTER_KEY",
         tool=True,
+    )
+    pkcs11_module: str | None = option(
+        "pkcs11-module",
+        None,
+        "the HSM's PKCS#11 library, for pkcs11: keys (SoftHSM2's is "
+        "/usr/lib/softhsm/libsofthsm2.so)",
+        _parse_file,
+        tool=True,
+        keystore=True,
+    )
+    pkcs11_token_label: str | None = option(
+        "pkcs11-token-label",
+        None,
+        "label of the HSM token that keeps the keys",
+        tool=True,
+        keystore=True,
+    )
+    pkcs11_pin: str | None = variable(
+        "TRIOS3_PKCS11_PIN", "the token's user PIN", tool=True, secret=True, keystore=True
+    )
+    kmip_host: str | None = option(
+        "kmip-host",
+        None,
+        "host name of the KMIP server, for kmip: keys (its certificate must name it)",
+        tool=True,
+        keystore=True,
+    )
+    kmip_port: int = option(
+        "kmip-port", "5696", "port of the KMIP server", _parse_port, tool=True, keystore=True
+    )
+    kmip_cert: str | None = option(
+        "kmip-cert",
+        None,
+        "PEM client certificate trios3 presents to the KMIP server",
+        _parse_file,
+        tool=True,
+        keystore=True,
+    )
+    kmip_key: str | None = option(
+        "kmip-key", None, "PEM private key of --kmip-cert", _parse_file, tool=True, keystore=True
+    )
+    kmip_ca: str | None = option(
+        "kmip-ca",
+        None,
+        "PEM CA certificates the KMIP server is verified with (default: the system's)",
+        _parse_file,
+        tool=True,
+        keystore=True,
+    )
+    kms_cache_seconds: float = option(
+        "kms-cache-seconds",
+        "300",
+        "seconds a master key the HSM/KMS decrypted stays in memory, decrypted again at half "
+        "of it: how long it keeps serving while the HSM/KMS is down, and after it is revoked "
+        "there",
+        parse_seconds,
+        tool=True,
+    )
+    kms_timeout: float = option(
+        "kms-timeout",
+        "10",
+        "seconds one HSM/KMS call may take (at most half of --kms-cache-seconds)",
+        parse_seconds,
+        tool=True,
+        keystore=True,
     )
     tls_cert: str | None = option("tls-cert", None, "PEM certificate: serve HTTPS")
     tls_key: str | None = option("tls-key", None, "PEM private key for --tls-cert")
@@ -237,6 +348,14 @@ class Config:
         "./trios3-data",
         "where the embedded backend keeps its data and keys",
         _parse_path,
+    )
+    hostnames: tuple[str, ...] = option(
+        "hostname",
+        None,
+        "names clients reach the proxy by, comma-separated (default: localhost, this "
+        "machine's names and the --listen host): without --virtual-host-domain, a Host that "
+        "is BUCKET.<one of them> is refused rather than read as path style",
+        _parse_hostnames,
     )
     virtual_host_domain: str | None = option(
         "virtual-host-domain", None, "serve virtual-hosted-style requests for BUCKET.<domain>"
@@ -250,11 +369,23 @@ class Config:
         "seconds a request may wait for the budget before 503",
         parse_seconds,
     )
+    header_timeout: float = option(
+        "header-timeout",
+        "20",
+        "seconds a client has to send a request's head once it has begun",
+        parse_seconds,
+    )
     body_timeout: float = option(
         "body-timeout",
         "60",
         "seconds a client may pause while sending a request body",
         parse_seconds,
+    )
+    body_min_rate: int = option(
+        "body-min-rate",
+        "1KiB",
+        "bytes a second a request body must average once --body-timeout seconds have passed",
+        parse_size,
     )
     send_timeout: float = option(
         "send-timeout",
@@ -299,8 +430,11 @@ class Config:
         "log-format", "text", "text or json (one JSON object per line)", _parse_log_format
     )
     # Derived at start-up, not given as such.
-    credentials: Mapping[str, str] = field(default_factory=dict, repr=False)
+    # access key id -> its Credential (a bare secret: an admin of every bucket, for tests)
+    credentials: Mapping[str, Credential | str] = field(default_factory=dict, repr=False)
+    bucket_keys: tuple[BucketKey, ...] = ()  # the master keys buckets' objects go under
     keyring: Keyring | None = None  # None only in a Config made for its backend view alone
+    held_keys: tuple[HeldKey, ...] = ()  # the keyring's keys an HSM or KMS keeps
     generated: tuple[str, ...] = ()  # what the embedded mode created on this run
 
     def backend(self) -> BackendSettings:
@@ -320,6 +454,22 @@ class Config:
             max_connections=2 * self.max_requests + 8,
             timeout=self.backend_timeout,
             ca_bundle=self.backend_ca_bundle,
+            checksum=self.backend_checksum,
+        )
+
+    def keystore(self) -> KeystoreSettings:
+        """The key managers' view: how to reach the HSM or KMS that keeps ``held_keys``."""
+        return KeystoreSettings(
+            pkcs11_module=self.pkcs11_module,
+            pkcs11_token_label=self.pkcs11_token_label,
+            pkcs11_pin=self.pkcs11_pin,
+            kmip_host=self.kmip_host,
+            kmip_port=self.kmip_port,
+            kmip_cert=self.kmip_cert,
+            kmip_key=self.kmip_key,
+            kmip_ca=self.kmip_ca,
+            timeout=self.kms_timeout,
+            cache_seconds=self.kms_cache_seconds,
         )
 
     def proxy(self) -> ProxySettings:
@@ -330,16 +480,33 @@ class Config:
         if self.keyring is None:
             raise ValueError("a Config without a keyring cannot serve")
         return ProxySettings(
-            credentials=dict(self.credentials),
+            credentials={
+                access: value if isinstance(value, Credential) else Credential(access, value, ADMIN)
+                for access, value in self.credentials.items()
+            },
+            bucket_keys=self.bucket_keys,
             keyring=self.keyring,
             backend=backend,
             memory_budget=self.memory_budget,
             admission_timeout=self.admission_timeout,
             virtual_host_domain=self.virtual_host_domain,
+            own_hosts=self.own_hosts(),
             body_timeout=self.body_timeout,
+            body_min_rate=self.body_min_rate,
             max_requests=self.max_requests,
             require_encrypted=self.require_encrypted,
         )
+
+    def own_hosts(self) -> frozenset[str]:
+        """The names the proxy is reached by: ``--hostname``, or by default localhost, this
+        machine's host name and fully qualified name, and the ``--listen`` host if a name."""
+        if self.hostnames:
+            return frozenset(self.hostnames)
+        names = {"localhost", socket.gethostname().lower(), socket.getfqdn().lower()}
+        host = self.listen.rpartition(":")[0].strip("[]").lower()
+        if host and not _is_ip(host):
+            names.add(host)
+        return frozenset(n for n in names if n)
 
     def worker_share(self, slot: int) -> Config:
         """The Config of worker ``slot`` (0 to ``workers - 1``) of ``--workers``: its share of
@@ -382,6 +549,7 @@ class BackendSettings:
     max_connections: int  # the connection pool's size
     timeout: float  # seconds the backend may stay silent mid-request
     ca_bundle: str | None  # PEM file of the CAs to verify an HTTPS backend (None: the system's)
+    checksum: bool  # uploads framed with a CRC32C trailer the backend verifies
 
     @classmethod
     def with_defaults(
@@ -404,13 +572,16 @@ class ProxySettings:
     """The app's view of the Config (:meth:`Config.proxy`): what it needs to answer S3
     requests."""
 
-    credentials: dict[str, str] = field(repr=False)  # access key id -> secret key
+    credentials: dict[str, Credential] = field(repr=False)  # by access key id
+    bucket_keys: tuple[BucketKey, ...]  # the master keys buckets' objects are written under
     keyring: Keyring
     backend: BackendSettings  # for the client the app opens when it is given none
     memory_budget: int
     admission_timeout: float
     virtual_host_domain: str | None
+    own_hosts: frozenset[str]  # the names the proxy is reached by (path style)
     body_timeout: float  # seconds a client may pause while sending a body
+    body_min_rate: int  # bytes a second a body must average after body_timeout seconds
     max_requests: int  # requests in flight at once; more get 503 SlowDown at once
     require_encrypted: bool  # refuse objects without trios3 metadata
 
@@ -418,7 +589,7 @@ class ProxySettings:
     def with_defaults(
         cls,
         *,
-        credentials: Mapping[str, str],
+        credentials: Mapping[str, Credential | str],
         keyring: Keyring,
         backend: BackendSettings,
         **config: Any,
@@ -429,10 +600,15 @@ class ProxySettings:
         return Config(credentials=credentials, keyring=keyring, **config)._proxy(backend)
 
 
-def _options(*, tool: bool = False) -> list[tuple[str, Option]]:
-    """The given fields of Config, in order: ``serve``'s, or the offline tools' (``tool``)."""
+def _options(*, tool: bool = False, keystore: bool = False) -> list[tuple[str, Option]]:
+    """The given fields of Config, in order: ``serve``'s, the offline tools' (``tool``), or
+    keygen's (``keystore``)."""
     specs = [(f.name, f.metadata.get("option")) for f in dataclasses.fields(Config)]
-    return [(name, spec) for name, spec in specs if spec and (spec.tool or not tool)]
+    return [
+        (name, spec)
+        for name, spec in specs
+        if spec and (spec.tool or not tool) and (spec.keystore or not keystore)
+    ]
 
 
 def _given(args: argparse.Namespace, environ: Mapping[str, str], *, tool: bool) -> dict:
@@ -456,58 +632,110 @@ def add_tool_options(parser: argparse.ArgumentParser, environ: Mapping[str, str]
         spec.add_to(parser, environ)
 
 
+def add_keystore_options(parser: argparse.ArgumentParser, environ: Mapping[str, str]) -> None:
+    """keygen's options for a key an HSM or KMS keeps: how to reach it."""
+    for _, spec in _options(keystore=True):
+        spec.add_to(parser, environ)
+
+
+def keystore_settings(
+    args: argparse.Namespace, environ: Mapping[str, str], kind: str
+) -> KeystoreSettings:
+    """How keygen reaches the HSM (``kind`` pkcs11) or KMS (kmip), checked."""
+    given = {name: spec.value(spec.given(args, environ)) for name, spec in _options(keystore=True)}
+    _check_keystore(given, {kind})
+    return Config(**given).keystore()
+
+
+_SOFTHSM = "/usr/lib/softhsm/libsofthsm2.so"
+
+
+def _check_keystore(given: Mapping[str, Any], kinds: set[str]) -> None:
+    """What the key managers of ``kinds`` need is given: one line for the first that is not."""
+    if "pkcs11" in kinds:
+        need = "pkcs11: keys need"
+        if importlib.util.find_spec("pkcs11") is None:
+            raise ConfigError(f"{need} python-pkcs11: pip install 'trios3[hsm]'")
+        if not given["pkcs11_module"]:
+            hint = f"; SoftHSM2's is {_SOFTHSM}" if Path(_SOFTHSM).is_file() else ""
+            raise ConfigError(f"{need} --pkcs11-module, the HSM's PKCS#11 library{hint}")
+        if not given["pkcs11_token_label"]:
+            raise ConfigError(f"{need} --pkcs11-token-label, the label of the HSM's token")
+        if not given["pkcs11_pin"]:
+            raise ConfigError(f"{need} {_variable('pkcs11_pin')}, the token's user PIN")
+    if "kmip" in kinds:
+        need = "kmip: keys need"
+        if importlib.util.find_spec("kmip") is None:
+            raise ConfigError(f"{need} PyKMIP: pip install 'trios3[hsm]'")
+        for name, what in (
+            ("kmip_host", "the KMIP server's host name"),
+            ("kmip_cert", "the client certificate"),
+            ("kmip_key", "its private key"),
+        ):
+            if not given[name]:
+                raise ConfigError(f"{need} --{name.replace('_', '-')}, {what}")
+    cache = given.get("kms_cache_seconds")  # keygen keeps no key: it has no such option
+    if kinds and cache is not None and given["kms_timeout"] * 2 > cache:
+        raise ConfigError(
+            f"--kms-timeout {given['kms_timeout']:g}: at most half of --kms-cache-seconds "
+            f"({cache:g}), so that a refresh ends before the key expires"
+        )
+
+
 def _backend_keys_needed() -> ConfigError:
     return ConfigError(
         f"--backend needs {_variable('backend_access_key')} and {_variable('backend_secret_key')}"
     )
 
 
-def tool_settings(
-    args: argparse.Namespace, environ: Mapping[str, str]
-) -> tuple[BackendSettings, Keyring]:
-    """The backend and keyring the offline tools work with; they need an explicit backend."""
+def tool_config(
+    args: argparse.Namespace, environ: Mapping[str, str], *, keys_used: bool = True
+) -> Config:
+    """The Config of the offline tools; they need an explicit backend. ``keys_used``: the
+    tool decrypts with keys an HSM or KMS keeps (rewrap does, inspect does not), so how to
+    reach it is checked too."""
     given = _given(args, environ, tool=True)
     if not given["backend_url"]:
         raise ConfigError(f"--backend: expected an http(s):// URL, got {given['backend_url']!r}")
     if not (given["backend_access_key"] and given["backend_secret_key"]):
         raise _backend_keys_needed()
-    keyring = load_keyring(given["key_file"], environ)
-    if keyring is None:
+    keys = read_keys(given["key_file"], environ)
+    if keys is None:
         raise ConfigError("no master key: give --key-file FILE or TRIOS3_MASTER_KEY")
-    return Config(**given, keyring=keyring).backend(), keyring
+    keyring, held = keys
+    if keys_used:
+        _check_keystore(given, {key.managed.manager for key in held})
+    return Config(**given, keyring=keyring, held_keys=held)
 
 
-def load_credentials(path: str | None, environ: Mapping[str, str]) -> dict[str, str]:
-    """Client credentials: a TOML file of ``[[credentials]]`` tables, or one pair from env."""
-    creds: dict[str, str] = {}
-    if path:
-        try:
-            document = tomllib.loads(Path(path).read_text())
-        except OSError as exc:
-            raise ConfigError(f"--credentials: cannot read {path}: {exc.strerror}") from exc
-        except tomllib.TOMLDecodeError as exc:
-            raise ConfigError(f"--credentials: {path} is not valid TOML: {exc}") from exc
-        for entry in document.get("credentials", []):
-            try:
-                creds[str(entry["access_key_id"])] = str(entry["secret_access_key"])
-            except (KeyError, TypeError) as exc:
-                raise ConfigError(
-                    f"--credentials: every [[credentials]] in {path} needs "
-                    "access_key_id and secret_access_key"
-                ) from exc
-    access = environ.get("TRIOS3_ACCESS_KEY_ID")
-    secret = environ.get("TRIOS3_SECRET_ACCESS_KEY")
-    if bool(access) != bool(secret):
-        raise ConfigError("set both TRIOS3_ACCESS_KEY_ID and TRIOS3_SECRET_ACCESS_KEY, or neither")
-    if access and secret:
-        creds[access] = secret
-    return creds
+def tool_settings(
+    args: argparse.Namespace, environ: Mapping[str, str]
+) -> tuple[BackendSettings, Keyring]:
+    """The backend and keyring the offline tools work with (:func:`tool_config`)."""
+    config = tool_config(args, environ)
+    assert config.keyring is not None
+    return config.backend(), config.keyring
 
 
 def load_keyring(key_file: str | None, environ: Mapping[str, str]) -> Keyring | None:
-    """The master keys from ``--key-file`` (one base64 key per line; blank lines and ``#``
-    comments ignored) or ``TRIOS3_MASTER_KEY`` (keys separated by commas or spaces). The
-    first key is the primary one, for new objects; the others keep decrypting older ones."""
+    """The keyring of :func:`read_keys`, or None when no key is given."""
+    keys = read_keys(key_file, environ)
+    return None if keys is None else keys[0]
+
+
+def read_keys(
+    key_file: str | None, environ: Mapping[str, str]
+) -> tuple[Keyring, tuple[HeldKey, ...]] | None:
+    """The master keys from ``--key-file`` (one key per line; blank lines and ``#`` comments
+    ignored) or ``TRIOS3_MASTER_KEY`` (keys separated by commas or spaces), and those of them
+    an HSM or KMS keeps. The first key is the primary one, for new objects; the others keep
+    decrypting older ones.
+
+    A key is base64 (the key itself), or a key manager's line (``pkcs11:`` or ``kmip:``, see
+    :mod:`trios3.keystores`): the intermediate key that an HSM or KMS key encrypted, with its
+    key id. Such a key is a :class:`~trios3.keystores.HeldKey`, usable once the key manager
+    has decrypted it (:func:`trios3.keystores.keep_keys_fresh`); reading the file asks it
+    nothing."""
     text = environ.get("TRIOS3_MASTER_KEY")
     source = "TRIOS3_MASTER_KEY"
     if key_file:
@@ -522,22 +750,36 @@ def load_keyring(key_file: str | None, environ: Mapping[str, str]) -> Keyring | 
     entries = [e for line in lines for e in line.replace(",", " ").split()]
     if not entries:
         raise ConfigError(f"{source}: no master key in it")
-    keys = []
+    keys: list[WrappingKey] = []
+    held: list[HeldKey] = []
     for number, entry in enumerate(entries, start=1):
         try:
-            keys.append(MasterKey.from_base64(entry))
+            if is_managed_line(entry):
+                held.append(HeldKey(ManagedKey.parse(entry)))
+                keys.append(held[-1])
+            else:
+                keys.append(MasterKey.from_base64(entry))
         except ValueError as exc:
-            raise ConfigError(f"{source}: key {number}: {exc}") from exc
+            raise ConfigError(f"{source}: key {number}: {exc}") from None
     try:
-        return Keyring(keys)
+        return Keyring(keys), tuple(held)
     except ValueError as exc:
         raise ConfigError(f"{source}: {exc}") from exc
 
 
-def write_key_file(path: Path) -> str:
-    """A new random master key, base64, readable by its owner only; never overwrites.
-    Returns the new key's id."""
+def _new_key(managed: ManagedKey | None) -> tuple[str, str]:
+    """A key file's line for a new key, and its id: a random key in base64, or ``managed``,
+    a key an HSM or KMS keeps (:func:`trios3.keystores.seal_intermediate`)."""
+    if managed is not None:
+        return managed.line() + "\n", managed.key_id
     raw = MasterKey.generate()
+    return base64.b64encode(raw).decode() + "\n", MasterKey(raw).key_id
+
+
+def write_key_file(path: Path, managed: ManagedKey | None = None) -> str:
+    """A key file with a new master key (random, or ``managed``), readable by its owner only;
+    never overwrites. Returns the new key's id."""
+    line, key_id = _new_key(managed)
     try:
         fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
     except FileExistsError as exc:
@@ -545,22 +787,25 @@ def write_key_file(path: Path) -> str:
     except OSError as exc:
         raise ConfigError(f"cannot create {path}: {exc.strerror}") from exc
     with os.fdopen(fd, "w") as out:
-        out.write(base64.b64encode(raw).decode() + "\n")
-    return MasterKey(raw).key_id
+        out.write(line)
+    return key_id
 
 
-def add_key(path: Path, *, primary: bool) -> str:
-    """A new random key in an existing key file: first (the new primary: ``--rotate``) or
-    last (decrypting only, until promoted: ``--add``). The keys already there stay."""
-    if load_keyring(str(path), {}) is None:
+def add_key(path: Path, *, primary: bool, managed: ManagedKey | None = None) -> str:
+    """A new key (random, or ``managed``) in an existing key file: first (the new primary:
+    ``--rotate``) or last (decrypting only, until promoted: ``--add``). The keys already
+    there stay."""
+    keyring = load_keyring(str(path), {})
+    if keyring is None:
         raise ConfigError(f"{path}: no keys in it")
-    raw = MasterKey.generate()
-    line = base64.b64encode(raw).decode() + "\n"
+    line, key_id = _new_key(managed)
+    if key_id in keyring.key_ids:
+        raise ConfigError(f"{path}: key {key_id} is in it already")
     text = path.read_text()
     if not text.endswith("\n"):
         text += "\n"
     _replace_key_file(path, line + text if primary else text + line)
-    return MasterKey(raw).key_id
+    return key_id
 
 
 def promote_key(path: Path, key_id: str) -> None:
@@ -593,7 +838,7 @@ def _replace_key_file(path: Path, text: str) -> None:
         os.close(directory)
 
 
-def _embedded_defaults(data_dir: Path, key: Keyring | None, creds: dict[str, str]):
+def _embedded_defaults(data_dir: Path, key: Keyring | None, creds: dict[str, Credential]):
     """First run of the embedded mode: a key file and a client credential pair, kept."""
     generated = []
     data_dir.mkdir(parents=True, exist_ok=True)
@@ -635,8 +880,10 @@ def build_config(args: argparse.Namespace, environ: Mapping[str, str]) -> Config
                 f"--workers {given['workers']}: each worker needs a share of "
                 f"--{name.replace('_', '-')} ({given[name]} given)"
             )
-    keyring = load_keyring(given["key_file"], environ)
+    keyring, held = read_keys(given["key_file"], environ) or (None, ())
+    _check_keystore(given, {key.managed.manager for key in held})
     credentials = load_credentials(given["credentials_file"], environ)
+    bucket_keys = load_bucket_keys(given["credentials_file"])
     generated: tuple[str, ...] = ()
     if not given["backend_url"]:
         keyring, credentials, generated = _embedded_defaults(
@@ -651,4 +898,15 @@ def build_config(args: argparse.Namespace, environ: Mapping[str, str]) -> Config
             "no client credentials: give --credentials FILE or "
             "TRIOS3_ACCESS_KEY_ID and TRIOS3_SECRET_ACCESS_KEY"
         )
-    return Config(**given, credentials=credentials, keyring=keyring, generated=generated)
+    named = [c.scope.key_id for c in credentials.values()] + [b.key_id for b in bucket_keys]
+    for key_id in named:
+        if key_id is not None and key_id not in keyring.key_ids:
+            raise ConfigError(f"--credentials: master key {key_id} is not in the keyring")
+    return Config(
+        **given,
+        credentials=credentials,
+        bucket_keys=bucket_keys,
+        keyring=keyring,
+        held_keys=held,
+        generated=generated,
+    )

@@ -15,6 +15,7 @@ import trio
 from trios3.backend import Backend
 from trios3.body import ClientChannel, RequestBody
 from trios3.budget import MemoryBudget
+from trios3.core.access import Credential
 from trios3.core.checksums import CHECKSUM_ALGORITHMS
 from trios3.core.errors import S3Error
 from trios3.core.keys import Keyring
@@ -107,6 +108,7 @@ class Exchange:
     signing_key: bytes
     channel: ClientChannel
     respond: Responder
+    credential: Credential  # who asked, and what it may reach (trios3.core.access)
     _body: RequestBody | None = field(default=None, init=False)
 
     @property

@@ -1,5 +1,7 @@
 """Serving, composed: the embedded backend (when no ``--backend`` is given), the backend
-client, the app and the server (:mod:`trios3.server`), each given its view of the Config.
+client, the app and the server (:mod:`trios3.server`), each given its view of the Config;
+and, when an HSM or KMS keeps master keys, the task that has it decrypt them
+(:func:`trios3.keystores.keep_keys_fresh`), whose state the app's readiness reads.
 
 Everything the server runs lives in one nursery: when serving ends, all of it ends.
 
@@ -14,6 +16,7 @@ import signal
 import socket
 from collections.abc import Awaitable, Callable, Iterator
 from contextlib import contextmanager
+from functools import partial
 
 import trio
 
@@ -21,6 +24,7 @@ from trios3.app import S3Proxy
 from trios3.backend import open_backend
 from trios3.config import Config
 from trios3.embedded import run_seaweedfs
+from trios3.keystores import keep_keys_fresh, keys_problem
 from trios3.metrics import Metrics
 from trios3.server import hypercorn_config, listening_socket, serve_connections
 
@@ -47,11 +51,16 @@ async def serve(
     metrics, and cancelled once serving has ended, while the backend client is still open.
     """
     async with trio.open_nursery() as nursery:
+        if config.held_keys:
+            # The key manager is asked once before anything else starts: a key it refuses
+            # stops start-up; one it does not answer for leaves the proxy serving, not ready.
+            await nursery.start(keep_keys_fresh, config.held_keys, config.keystore())
         if not config.backend_url:
             config = await nursery.start(run_seaweedfs, config)
         with _listening(config, listener) as sock:
             async with open_backend(config.backend()) as client:
-                app = S3Proxy(config.proxy(), client)
+                problem = partial(keys_problem, config.held_keys) if config.held_keys else None
+                app = S3Proxy(config.proxy(), client, keys_problem=problem)
                 async with trio.open_nursery() as beside:
                     if share_metrics is not None:
                         beside.start_soon(share_metrics, app.metrics)
@@ -60,10 +69,12 @@ async def serve(
                         hypercorn_config(config, sock, config.shutdown_timeout),
                         config.max_connections,
                         shutdown_trigger=shutdown_trigger,
+                        header_timeout=config.header_timeout,
+                        on_shutdown=partial(setattr, app, "stopping", True),
                         task_status=task_status,
                     )
                     beside.cancel_scope.cancel()
-        # Serving is over: stop what else the server ran (the embedded backend).
+        # Serving is over: stop what else the server ran (the embedded backend, the keys).
         nursery.cancel_scope.cancel()
 
 

@@ -19,7 +19,10 @@ it, each for a reason hypercorn's own configuration cannot meet:
   (hypercorn's idle timer would keep a closed connection, and its slot under the cap, for
   ``keep_alive_timeout``), and sending ``100 Continue`` with its reason phrase (h11 sends
   ``HTTP/1.1 100 \\r\\n``; the botocore inside aws cli v2, aws/aws-cli#9702, then never sends
-  the body).
+  the body), giving a request head that has begun ``header_timeout`` seconds to be complete,
+  and reading in the unit the request's lease allows into an h11 buffer that does not copy
+  body bytes (:class:`_BodyBuffer`: hypercorn and h11 copy every uploaded byte four times).
+- :class:`trios3.tls.TLSListener`: TLS that reads every record received at once.
 
 tests/shell/test_server.py holds a test for each.
 """
@@ -28,8 +31,10 @@ from __future__ import annotations
 
 import errno
 import logging
+import math
 import os
 import socket
+from collections.abc import Callable
 from contextlib import contextmanager
 
 import trio
@@ -109,17 +114,35 @@ def hypercorn_config(
     return hc
 
 
+def stop_listening(sock: socket.socket) -> None:
+    """Refuse new connections on a listening socket (and reset those waiting in its backlog,
+    not yet accepted) while it stays open: Linux's shutdown(SHUT_RD) on a listening socket."""
+    try:
+        sock.shutdown(socket.SHUT_RD)
+    except OSError:
+        pass  # already shut, or not a listening socket any more
+
+
 # Out of descriptors or memory: wait and accept again, as trio.serve_listeners does.
 _ACCEPT_CAPACITY_ERRNOS = {errno.EMFILE, errno.ENFILE, errno.ENOMEM, errno.ENOBUFS}
 
 
+class ListenerShutDown(Exception):
+    """The listening socket no longer listens: shut down at SIGTERM, by this process or by a
+    worker sharing it (trios3.workers) that got its SIGTERM first."""
+
+
 async def accept_retrying(listener):
     """The next connection of ``listener``. Out of descriptors or memory, accepting again at
-    once would fail again (and a raise would end the server): wait 100 ms, and retry."""
+    once would fail again (and a raise would end the server): wait 100 ms, and retry. A
+    socket shut down (EINVAL) is :class:`ListenerShutDown`: accepting is over, serving what
+    was accepted is not."""
     while True:
         try:
             return await listener.accept()
         except OSError as exc:
+            if exc.errno == errno.EINVAL:
+                raise ListenerShutDown from None
             if exc.errno not in _ACCEPT_CAPACITY_ERRNOS:
                 raise
             log.error("cannot accept a connection (%s): retrying in 100 ms", exc.strerror)
@@ -183,10 +206,15 @@ def use_body_buffer(protocol) -> bool:
 
 
 class _Connection(TCPServer):
-    """Hypercorn's connection handler, with two repairs.
+    """Hypercorn's connection handler, with these repairs.
 
     - It ends as soon as the client has gone: hypercorn's idle timer would otherwise keep a
       closed connection (and its slot) for ``keep_alive_timeout``.
+    - A request head, once begun, must be complete within ``header_timeout``: a client that
+      never finishes its headers would otherwise hold its connection slot for as long as it
+      trickles them (hypercorn has no such timeout; its read timeout would cut bodies too).
+    - It reads in the unit the current request's lease allows (:class:`trios3.body.ReadUnit`),
+      into an h11 buffer that does not copy body bytes (:class:`_BodyBuffer`).
     - Its ``100 Continue`` carries the reason phrase: h11 sends ``HTTP/1.1 100 \\r\\n``, and the
       botocore inside aws cli v2 (aws/aws-cli#9702) wants three words in that line, or it
       never sends the body. Only the bytes before a request's response head are looked at,
@@ -195,10 +223,13 @@ class _Connection(TCPServer):
 
     _before_head = True  # no response head sent yet for the current request
 
-    def __init__(self, app, config, context, state, stream) -> None:
+    def __init__(self, app, config, context, state, stream, header_timeout: float = math.inf):
         super().__init__(app, config, context, state, stream)
         self.read_unit = ReadUnit()
         state[READ_UNIT] = self.read_unit  # each request's scope state is a copy of this
+        self._header_timeout = header_timeout
+        self._awaiting_head = True  # no request in progress: the next bytes begin a head
+        self._head_deadline = math.inf
 
     async def _read_data(self) -> None:
         """hypercorn's read loop, reading in the unit the current request may hold (64 KiB
@@ -207,9 +238,14 @@ class _Connection(TCPServer):
         use_body_buffer(self.protocol)
         while True:
             try:
-                data = await self.stream.receive_some(self.read_unit.size)
+                with trio.move_on_at(self._head_deadline) as waited:
+                    data = await self.stream.receive_some(self.read_unit.size)
             except (trio.ClosedResourceError, trio.BrokenResourceError):
                 break
+            if waited.cancelled_caught:
+                break  # a head begun and not finished in time: the connection ends
+            if data and self._awaiting_head and self._head_deadline == math.inf:
+                self._head_deadline = trio.current_time() + self._header_timeout
             await self.protocol.handle(RawData(bytes(data)))
             if not data:
                 break
@@ -217,6 +253,11 @@ class _Connection(TCPServer):
         await self.idle_task.stop()
 
     async def protocol_send(self, event: Event) -> None:
+        if isinstance(event, Updated):
+            # A request head is in (not idle), or its response is over (idle) and the next
+            # head, once its first byte comes, has header_timeout seconds to be complete.
+            self._awaiting_head = event.idle
+            self._head_deadline = math.inf
         if isinstance(event, Updated) and not event.idle:
             self._before_head = True  # a request has come in
         elif isinstance(event, RawData) and self._before_head:
@@ -237,6 +278,8 @@ async def serve_connections(
     max_connections: int,
     *,
     shutdown_trigger,
+    header_timeout: float = math.inf,
+    on_shutdown: Callable[[], None] = lambda: None,
     task_status=trio.TASK_STATUS_IGNORED,
 ) -> None:
     """Hypercorn's trio worker loop (``hypercorn.trio.run.worker_serve``) with one change:
@@ -255,7 +298,8 @@ async def serve_connections(
 
     async def connection(stream, slot: object) -> None:
         try:
-            await _Connection(asgi, hc, context, ConnectionState(lifespan_state.copy()), stream)
+            state = ConnectionState(lifespan_state.copy())
+            await _Connection(asgi, hc, context, state, stream, header_timeout)
         finally:
             # As trio.serve_listeners does: a handler may return without closing (a failed
             # TLS handshake does).
@@ -269,6 +313,9 @@ async def serve_connections(
                 await slots.acquire_on_behalf_of(slot)
                 try:
                     stream = await accept_retrying(listener)
+                except ListenerShutDown:
+                    slots.release_on_behalf_of(slot)
+                    return
                 except BaseException:
                     slots.release_on_behalf_of(slot)
                     raise
@@ -297,7 +344,15 @@ async def serve_connections(
                     for listener in listeners:
                         accepting.start_soon(accept_loop, listener, connections)
                     await shutdown_trigger()
+                    # Refuse new connections from this moment (load balancers and clients go
+                    # elsewhere at once), not only stop accepting them: a socket that still
+                    # listens completes their handshakes into its backlog, where they hang
+                    # until the process exits. Shared by workers, it stops for all of them.
+                    on_shutdown()
+                    # Accepting ends first: an accept woken by the shut socket would fail.
                     accepting.cancel_scope.cancel()
+                    for sock in sockets.insecure_sockets + sockets.secure_sockets:
+                        stop_listening(sock)
             finally:
                 await context.terminated.set()
                 connections.cancel_scope.deadline = trio.current_time() + hc.graceful_timeout

@@ -169,3 +169,59 @@ def test_unrelated_checksum_headers_are_ignored():
         {"x-amz-checksum-type": "FULL_OBJECT", "x-amz-checksum-mode": "ENABLED"}
     )
     assert checks.algorithm is None
+
+
+# -- CompleteMultipartUpload's checksums -------------------------------------------------------
+
+from trios3.core.checksums import XML_NAMES, multipart_checksums  # noqa: E402
+
+PARTS = [b"a" * 7, b"b" * 5, b"c" * 3]
+
+
+def _listed(algorithm: str) -> list[dict[str, str]]:
+    return [{XML_NAMES[algorithm]: checksum_b64(algorithm, p)} for p in PARTS]
+
+
+@pytest.mark.parametrize("algorithm", ["crc32", "crc32c", "crc64nvme"])
+def test_a_full_object_checksum_is_the_parts_combined(algorithm):
+    whole = checksum_b64(algorithm, b"".join(PARTS))
+    result = multipart_checksums(
+        {f"x-amz-checksum-{algorithm}": whole}, _listed(algorithm), [len(p) for p in PARTS]
+    )
+    assert result == {XML_NAMES[algorithm]: whole, "ChecksumType": "FULL_OBJECT"}
+
+
+def test_a_wrong_full_object_checksum_is_bad_digest():
+    wrong = checksum_b64("crc32", b"other")
+    with pytest.raises(S3Error) as exc:
+        multipart_checksums({"x-amz-checksum-crc32": wrong}, _listed("crc32"), [7, 5, 3])
+    assert exc.value.code == "BadDigest"
+
+
+@pytest.mark.parametrize(
+    "value", ["\xe9\xe9\xe9\xe9\xe9\xe9==", "caf\xe9", "DUoRhQ==\xa0", "not base64", "AAAA", ""]
+)
+def test_a_full_object_checksum_that_is_not_base64_of_a_digest_is_invalid_request(value):
+    # Non-ASCII text made hmac.compare_digest raise TypeError (a 500).
+    with pytest.raises(S3Error) as exc:
+        multipart_checksums({"x-amz-checksum-crc32": value}, _listed("crc32"), [7, 5, 3])
+    assert exc.value.code == "InvalidRequest"
+    assert exc.value.message == "Value for x-amz-checksum-crc32 header is invalid."
+
+
+def test_the_composite_checksum_is_over_the_part_checksums():
+    result = multipart_checksums({}, _listed("sha256"), [7, 5, 3])
+    digest = hashlib.sha256(b"".join(hashlib.sha256(p).digest() for p in PARTS)).digest()
+    assert result == {
+        "ChecksumSHA256": base64.b64encode(digest).decode() + "-3",
+        "ChecksumType": "COMPOSITE",
+    }
+
+
+@pytest.mark.parametrize("listed", ["\xe9", "caf\xe9==", "AAAA", ""])
+def test_a_part_checksum_that_is_not_base64_reports_nothing_or_is_refused(listed):
+    parts = [{"ChecksumCRC32": listed}, *_listed("crc32")[1:]]
+    assert multipart_checksums({}, parts, [7, 5, 3]) == {}
+    with pytest.raises(S3Error) as exc:
+        multipart_checksums({"x-amz-checksum-crc32": "DUoRhQ=="}, parts, [7, 5, 3])
+    assert exc.value.code == "InvalidRequest"

@@ -189,10 +189,50 @@ def test_errors_are_sticky():
             decoder.next_event()
 
 
-@pytest.mark.parametrize("size", [b"zz", b"-1", b"0x10", b"", b"1" * 17, b" b"])
+@pytest.mark.parametrize(
+    "size", [b"zz", b"-1", b"0x10", b"", b" b", b"+b", b"\xb2", b"\xef\xbc\x91"]
+)
 def test_non_hex_sizes_are_rejected(size):
     wire = size + b"\r\nhello world\r\n0\r\n\r\n"
     assert decode_error(unsigned_decoder(names=()), wire).code == "InvalidRequest"
+
+
+@pytest.mark.parametrize("size", [b"1" * 17, b"f" * 4000])
+def test_a_chunk_size_of_any_length_past_the_decoded_length_is_refused(size):
+    wire = size + b"\r\nhello world\r\n0\r\n\r\n"
+    error = decode_error(unsigned_decoder(names=()), wire)
+    assert error.code == "IncompleteBody" and "longer" in error.message
+
+
+def test_a_chunk_size_may_have_leading_zeros():
+    wire = b"0" * 40 + b"b\r\nhello world\r\n0\r\n\r\n"
+    assert decode(unsigned_decoder(names=()), wire) == (b"hello world", {})
+
+
+def test_a_trailer_after_signed_chunks_without_trailer_signing_is_refused():
+    # STREAMING-AWS4-HMAC-SHA256-PAYLOAD: nothing signs a trailer, so none may come, announced
+    # (x-amz-trailer) or not.
+    final = (
+        b"0;chunk-signature=b6c6ea8a5354eaf15b3cb7646744f4275b71ea724fed81ceb9323e279d449df9\r\n"
+    )
+    wire = SIGNED[: SIGNED.index(final) + len(final)] + b"x-amz-checksum-crc32:DUoRhQ==\r\n\r\n"
+    assert decode_error(signed_decoder(), wire).code == "MalformedTrailerError"
+    announced = AwsChunkedDecoder(
+        decoded_length=66560,
+        signing=ChunkSigning(KEY, DATE, SCOPE, SEED),
+        trailer_names=("x-amz-checksum-crc32",),
+        trailer_signed=False,
+    )
+    assert decode_error(announced, wire).code == "MalformedTrailerError"
+    for step in (1, 7, 4096):
+        assert decode_error(signed_decoder(), wire, step).code == "MalformedTrailerError"
+
+
+def test_a_signed_trailer_block_without_its_signature_is_refused_however_it_ends():
+    unsigned = SIGNED_TRAILER.split(b"x-amz-trailer-signature")[0]
+    for wire, code in ((unsigned + b"\r\n", "MalformedTrailerError"), (unsigned, "IncompleteBody")):
+        for step in (None, 1, 13):
+            assert decode_error(trailer_decoder(), wire, step).code == code
 
 
 def test_chunk_data_must_end_with_crlf():

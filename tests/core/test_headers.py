@@ -523,3 +523,67 @@ def test_a_copy_carries_over_what_describes_the_object_and_the_users_metadata():
 
 def test_a_source_with_nothing_to_carry_over():
     assert described_by({"etag": BACKEND_ETAG, keys.META_VERSION: "1"}) == ([], [])
+
+
+# -- non-ASCII values: refused before they reach a backend request ----------------------------
+
+# A header value is bytes held as latin-1 text: "é" sent as UTF-8 arrives as "\xc3\xa9".
+NON_ASCII = ["\xc3\xa9t\xc3\xa9", "caf\xe9", "\xa0", "x\xff"]
+
+
+def _invalid_argument(call, name: str) -> S3Error:
+    with pytest.raises(S3Error) as exc:
+        call()
+    assert exc.value.code == "InvalidArgument" and exc.value.status == 400
+    assert exc.value.fields["ArgumentName"] == name
+    assert name in exc.value.message
+    return exc.value
+
+
+@pytest.mark.parametrize("value", NON_ASCII)
+def test_a_non_ascii_metadata_value_is_invalid_argument_naming_it(value):
+    headers = {"x-amz-meta-ok": "plain", "x-amz-meta-name": value}
+    _invalid_argument(lambda: user_metadata(headers), "x-amz-meta-name")
+
+
+@pytest.mark.parametrize("value", NON_ASCII)
+@pytest.mark.parametrize("name", sorted(UPLOAD_HEADERS))
+def test_a_non_ascii_value_of_any_forwarded_upload_header_is_invalid_argument(name, value):
+    _invalid_argument(lambda: upload_headers({name: value}), name)
+
+
+def test_a_non_ascii_content_disposition_is_invalid_argument():
+    value = 'attachment; filename="\xc3\xa9t\xc3\xa9.txt"'
+    error = _invalid_argument(
+        lambda: upload_headers({"content-disposition": value}), "content-disposition"
+    )
+    assert error.fields["ArgumentValue"] == value
+
+
+def test_a_non_ascii_content_encoding_is_invalid_argument():
+    _invalid_argument(
+        lambda: upload_headers({"content-encoding": "aws-chunked, gz\xefp"}), "content-encoding"
+    )
+
+
+def test_rfc2047_and_percent_encoded_values_pass():
+    headers = {
+        "content-disposition": "attachment; filename*=UTF-8''%C3%A9t%C3%A9.txt",
+        "x-amz-meta-name": "=?UTF-8?B?w6l0w6k=?=",
+    }
+    assert upload_headers(headers) == [("content-disposition", headers["content-disposition"])]
+    assert user_metadata(headers) == [("x-amz-meta-name", "=?UTF-8?B?w6l0w6k=?=")]
+
+
+@pytest.mark.parametrize("name", [*CONDITIONS, *COPY_CONDITIONS])
+def test_a_non_ascii_condition_is_invalid_argument(name):
+    names = COPY_CONDITIONS if name in COPY_CONDITIONS else CONDITIONS
+    _invalid_argument(lambda: conditions({name: '"\xe9"'}, names), name)
+
+
+def test_a_copy_source_with_non_ascii_metadata_cannot_be_carried_over():
+    for source in ({"x-amz-meta-name": "caf\xe9"}, {"content-disposition": "caf\xe9"}):
+        with pytest.raises(S3Error) as exc:
+            described_by(source)
+        assert exc.value.code == "InvalidRequest"
+        assert "REPLACE" in exc.value.message

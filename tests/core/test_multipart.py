@@ -1640,3 +1640,15 @@ def test_other_part_numbers_are_invalid_argument(text):
     assert error.code == "InvalidArgument" and error.status == 400
     assert error.message == "Part number must be an integer between 1 and 10000, inclusive"
     assert error.fields == {"ArgumentName": "partNumber", "ArgumentValue": text or ""}
+
+
+@pytest.mark.parametrize("text", ["9" * 5000, "1" + "0" * 4400])
+def test_a_part_number_past_int_digit_limit_is_invalid_argument(text):
+    with pytest.raises(S3Error) as exc:
+        parse_part_number(text)
+    assert exc.value.code == "InvalidArgument"
+    assert exc.value.fields["ArgumentValue"] == text
+
+
+def test_a_part_number_with_thousands_of_leading_zeros_is_its_number():
+    assert parse_part_number("0" * 5000 + "7") == 7

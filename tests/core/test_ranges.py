@@ -265,14 +265,63 @@ def test_any_copy_range_of_an_empty_source_is_416():
     assert info.value.status == 416
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="LAX, not reachable today (src/trios3/core/ranges.py _COPY_RANGE): \\d matches any "
-    "Unicode decimal digit, so parse_copy_range reads non-ASCII digits where parse_range "
-    "refuses them ([0-9]); app.py decodes headers as latin-1, which holds none.",
-)
 @pytest.mark.parametrize("value", ["bytes=\u0661-\u0662", "bytes=\uff11-\uff12"])
 def test_a_copy_range_in_non_ascii_digits_is_invalid_argument(value):
     with pytest.raises(S3Error) as info:
         parse_copy_range(value, 10)
     assert info.value.code == "InvalidArgument"
+
+
+# -- numbers too long for int(): S3's answer for a huge number, never a ValueError ------------
+
+HUGE = "9" * 5000  # past int()'s 4 300-digit limit
+
+
+def test_a_range_starting_past_any_object_is_invalid_range_however_long_its_digits():
+    error = invalid_range(f"bytes={HUGE}-", 10)
+    assert error.fields["RangeRequested"] == f"bytes={HUGE}-"
+    invalid_range(f"bytes={HUGE}-{HUGE}9", 10)
+
+
+def test_a_huge_range_end_or_suffix_is_clamped_to_the_object():
+    assert parse_range(f"bytes=2-{HUGE}", 10) == (2, 9)
+    assert parse_range(f"bytes=-{HUGE}", 10) == (0, 9)
+    assert parse_range(f"bytes=0000{'0' * 5000}3-{'0' * 5000}4", 10) == (3, 4)
+
+
+def test_a_huge_backwards_range_is_ignored_as_any_backwards_range():
+    assert parse_range(f"bytes={HUGE}9-{HUGE}", 10) is None
+    assert stored_window(f"bytes={HUGE}9-{HUGE}", 4096) is None
+
+
+def test_the_window_of_a_huge_range_stays_within_a_backend_int64():
+    for header in (f"bytes={HUGE}-", f"bytes=0-{HUGE}", f"bytes=-{HUGE}", f"bytes={HUGE}-{HUGE}"):
+        window = stored_window(header, 4096)
+        assert window is not None
+        assert all(int(n) < 2**63 for n in window[len("bytes=") :].split("-") if n)
+
+
+def test_a_huge_copy_range_is_416_not_a_value_error():
+    for value in (f"bytes=0-{HUGE}", f"bytes={HUGE}-{HUGE}"):
+        with pytest.raises(S3Error) as info:
+            parse_copy_range(value, 10)
+        assert info.value.code == "InvalidRange"
+    with pytest.raises(S3Error) as info:
+        parse_copy_range(f"bytes={HUGE}9-{HUGE}", 10**6)
+    assert info.value.code == "InvalidRange"
+
+
+def test_a_backend_content_range_of_huge_numbers_is_read_without_a_value_error():
+    start, end, total = parse_content_range(f"bytes 0-{HUGE}/{HUGE}")
+    assert start == 0 and end == total > 10**63
+
+
+@pytest.mark.parametrize("header", ["bytes=\xb2-", "bytes=0-\xb2", "bytes=-\xb9", "bytes=1-2\xa0"])
+def test_a_range_with_latin1_digits_or_spaces_is_ignored(header):
+    assert parse_range(header, 10) is None
+    assert stored_window(header, 4096) is None
+
+
+def test_a_range_unit_matches_ascii_case_only():
+    assert parse_range("BYTES=1-2", 10) == (1, 2)
+    assert parse_range("byte\u017f=1-2", 10) is None  # LATIN SMALL LETTER LONG S

@@ -404,22 +404,140 @@ def test_copy_source_with_an_unknown_or_empty_parameter_is_invalid_argument(valu
     assert copy_source_error(value).message == "Unsupported copy source parameter."
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="BUG (src/trios3/core/routing.py parse_copy_source): the query is split on the "
-    "first '=' only, so a second parameter after '&' is swallowed into the version id "
-    "('v&partNumber=1') instead of being refused.",
-)
 def test_copy_source_with_a_second_parameter_is_invalid_argument():
     copy_source_error("bkt/key?versionId=v&partNumber=1")
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="BUG (src/trios3/core/routing.py parse_copy_source): unquote() replaces invalid "
-    "UTF-8 with U+FFFD, so 'caf%E9' names the key 'caf\\ufffd'; the request path is "
-    "decoded strictly (_decode: InvalidURI).",
-)
 def test_copy_source_that_is_not_utf8_is_refused():
     with pytest.raises(S3Error):
         parse_copy_source("bkt/caf%E9")
+
+
+@pytest.mark.parametrize(
+    "value", ["bkt/caf%E9", "bkt/%FF", "bkt/%C3", "b%E9/k", "bkt/k?versionId=%E9"]
+)
+def test_copy_source_that_is_not_utf8_is_invalid_argument(value):
+    error = copy_source_error(value)
+    assert "encoding" in error.message
+    assert error.fields == {"ArgumentName": "x-amz-copy-source"}
+
+
+@pytest.mark.parametrize(
+    "value",
+    [
+        "bkt/key?versionId=v&partNumber=1",
+        "bkt/key?versionId=v&versionId=w",
+        "bkt/key?versionId=v&",
+        "bkt/key?partNumber=1&versionId=v",
+        "bkt/key?&versionId=v",
+    ],
+)
+def test_copy_source_takes_one_parameter_only(value):
+    error = copy_source_error(value)
+    assert error.message == "Unsupported copy source parameter."
+
+
+def test_copy_source_version_may_hold_an_encoded_ampersand():
+    assert parse_copy_source("bkt/k?versionId=a%26b").version == "a&b"
+
+
+@pytest.mark.parametrize(
+    ("value", "bucket"),
+    [
+        ("/../b/k", ".."),
+        ("../b/k", ".."),
+        ("%2E%2E/b/k", ".."),
+        ("./k", "."),
+        ("bad_bucket!/k", "bad_bucket!"),
+        ("b%20b/k", "b b"),
+        ("b%0Ab/k", "b\nb"),
+        ("caf%C3%A9/k", "caf\u00e9"),
+        ("b" * 256 + "/k", "b" * 256),
+    ],
+)
+def test_copy_source_bucket_must_be_a_bucket_name(value, bucket):
+    with pytest.raises(S3Error) as info:
+        parse_copy_source(value)
+    assert info.value.code == "InvalidBucketName"
+    assert info.value.fields == {"BucketName": bucket}
+
+
+def test_copy_source_key_is_limited_as_a_path_key_is():
+    assert parse_copy_source("bkt/" + "k" * 1024).key == "k" * 1024
+    with pytest.raises(S3Error) as info:
+        parse_copy_source("bkt/" + "%C3%A9" * 513)
+    assert info.value.code == "KeyTooLongError"
+    assert info.value.fields == {"MaxSizeAllowed": "1024", "Size": "1026"}
+    assert error_code("PUT", "/bkt/" + "%C3%A9" * 513) == "KeyTooLongError"
+
+
+# -- virtual-hosted requests to a proxy without --virtual-host-domain -----------------------
+
+OWN = frozenset({"localhost", "proxy", "proxy.corp.example"})
+
+
+def route_own(method: str, path: str, host: str | None) -> Target:
+    return resolve_target(method, path, "", host, None, own_hosts=OWN)
+
+
+@pytest.mark.parametrize(
+    "host",
+    [
+        "bkt.localhost",
+        "bkt.localhost:8080",
+        "BKT.LocalHost",
+        "bkt.proxy",
+        "bkt.proxy.",
+        "my.dotted.bucket.proxy:9000",
+        "bkt.proxy.corp.example",
+        "proxy.proxy",
+    ],
+)
+def test_a_host_below_an_own_name_without_a_domain_is_invalid_request(host):
+    for method, path in (("DELETE", "/key"), ("GET", "/"), ("PUT", "/bkt/key")):
+        with pytest.raises(S3Error) as info:
+            route_own(method, path, host)
+        assert info.value.code == "InvalidRequest" and info.value.status == 400
+        assert "--virtual-host-domain" in info.value.message
+
+
+@pytest.mark.parametrize(
+    "host",
+    [
+        None,
+        "",
+        "localhost",
+        "localhost:8080",
+        "PROXY",
+        "proxy.",
+        "proxy.corp.example:443",
+        "127.0.0.1",
+        "127.0.0.1:9000",
+        "[::1]",
+        "[::1]:9000",
+        "10.1.2.3",
+        "other.example.com",  # not a name of the proxy: a load balancer's, say
+        "notproxy",
+        "corp.example",
+    ],
+)
+def test_own_names_ip_literals_and_other_hosts_are_path_style(host):
+    target = route_own("DELETE", "/key", host)
+    assert (target.operation, target.bucket, target.key) == ("DeleteBucket", "key", None)
+
+
+def test_without_own_names_any_host_is_path_style():
+    target = resolve_target("DELETE", "/key", "", "bkt.localhost", None)
+    assert (target.operation, target.bucket) == ("DeleteBucket", "key")
+
+
+def test_own_names_are_compared_case_blind_and_without_a_final_dot():
+    with pytest.raises(S3Error):
+        resolve_target("GET", "/", "", "b.proxy", None, own_hosts=frozenset({"Proxy."}))
+
+
+def test_with_a_domain_the_own_names_are_not_consulted():
+    target = resolve_target("DELETE", "/key", "", "bkt.s3.example.com", DOMAIN, own_hosts=OWN)
+    assert (target.operation, target.bucket, target.key) == ("DeleteObject", "bkt", "key")
+    target = resolve_target("DELETE", "/key", "", "bkt.localhost", DOMAIN, own_hosts=OWN)
+    assert (target.operation, target.bucket) == ("DeleteBucket", "key")

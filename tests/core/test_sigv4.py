@@ -629,3 +629,37 @@ def test_streaming_modes_are_the_three_aws_chunked_payload_literals():
     assert STREAMING_MODES < PAYLOAD_LITERALS
     assert sorted(PAYLOAD_LITERALS - STREAMING_MODES) == [UNSIGNED_PAYLOAD]
     assert EMPTY_SHA256 not in STREAMING_MODES
+
+
+# -- numbers and dates a client sends: S3's error, never a ValueError -------------------------
+
+
+@pytest.mark.parametrize("expires", ["9" * 5000, "0" * 10 + "604801", "9" * 19])
+def test_a_presign_expiry_of_any_length_past_a_week_is_the_week_error(expires):
+    query = PRESIGNED_QUERY.replace("X-Amz-Expires=86400", f"X-Amz-Expires={expires}")
+    with pytest.raises(S3Error) as exc:
+        parse_auth("GET", "/test.txt", query, [("host", HOST)])
+    assert exc.value.code == "AuthorizationQueryParametersError"
+    assert "less than a week" in exc.value.message
+
+
+def test_a_presign_expiry_with_leading_zeros_is_its_number():
+    query = PRESIGNED_QUERY.replace("X-Amz-Expires=86400", "X-Amz-Expires=" + "0" * 5000 + "86400")
+    auth = parse_auth("GET", "/test.txt", query, [("host", HOST)])
+    assert auth is not None and auth.expires == 86400
+
+
+@pytest.mark.parametrize("expires", ["%C2%B2", "%D9%A1", "%EF%BC%91", "1%C2%A0", "-1", "+1", "1_0"])
+def test_a_presign_expiry_that_is_not_ascii_digits_is_not_a_number(expires):
+    query = PRESIGNED_QUERY.replace("X-Amz-Expires=86400", f"X-Amz-Expires={expires}")
+    with pytest.raises(S3Error) as exc:
+        parse_auth("GET", "/test.txt", query, [("host", HOST)])
+    assert exc.value.code == "AuthorizationQueryParametersError"
+    assert exc.value.message == "X-Amz-Expires should be a number"
+
+
+def test_a_credential_date_in_non_ascii_digits_is_malformed():
+    fullwidth = "".join(chr(0xFF10 + int(c)) for c in "20130524")
+    with pytest.raises(S3Error) as exc:
+        _header_auth(VALID_AUTH.replace("20130524", fullwidth))
+    assert exc.value.code == "AuthorizationHeaderMalformed"

@@ -216,6 +216,89 @@ def test_a_retried_part_is_encrypted_afresh_and_the_named_attempt_wins(s3, bucke
     assert read(s3, bucket, key) == second + last
 
 
+def test_a_retried_complete_answers_again_as_s3_does(s3, bucket):
+    """An SDK whose first Complete's answer was lost retries it: S3 answers 200 with the
+    object's ETag again (and its checksum), not NoSuchUpload."""
+    key = new_key("retry")
+    parts = [os.urandom(5 * MiB), os.urandom(100)]
+    upload_id = s3.create_multipart_upload(Bucket=bucket, Key=key, ChecksumAlgorithm="CRC32")[
+        "UploadId"
+    ]
+    done = []
+    for number, body in enumerate(parts, start=1):
+        answer = s3.upload_part(
+            Bucket=bucket,
+            Key=key,
+            UploadId=upload_id,
+            PartNumber=number,
+            Body=body,
+            ChecksumAlgorithm="CRC32",
+        )
+        done.append(
+            {"PartNumber": number, "ETag": answer["ETag"], "ChecksumCRC32": answer["ChecksumCRC32"]}
+        )
+    complete = {
+        "Bucket": bucket,
+        "Key": key,
+        "UploadId": upload_id,
+        "MultipartUpload": {"Parts": done},
+    }
+    first = s3.complete_multipart_upload(**complete)
+    again = s3.complete_multipart_upload(**complete)
+    assert again["ETag"] == first["ETag"] and again["ETag"].endswith('-2"')
+    assert again["ChecksumCRC32"] == first["ChecksumCRC32"]
+    assert read(s3, bucket, key) == b"".join(parts)
+
+
+def test_a_complete_of_an_upload_whose_object_was_replaced_is_no_such_upload(s3, bucket):
+    key = new_key("retry")
+    parts = [os.urandom(5 * MiB), os.urandom(100)]
+    upload_id = s3.create_multipart_upload(Bucket=bucket, Key=key)["UploadId"]
+    done = [
+        {
+            "PartNumber": n,
+            "ETag": s3.upload_part(
+                Bucket=bucket, Key=key, UploadId=upload_id, PartNumber=n, Body=body
+            )["ETag"],
+        }
+        for n, body in enumerate(parts, start=1)
+    ]
+    complete = {
+        "Bucket": bucket,
+        "Key": key,
+        "UploadId": upload_id,
+        "MultipartUpload": {"Parts": done},
+    }
+    s3.complete_multipart_upload(**complete)
+    upload(s3, bucket, key, parts)  # another upload of the same key since
+    with pytest.raises(ClientError) as info:
+        s3.complete_multipart_upload(**complete)
+    assert code(info.value) == "NoSuchUpload"
+    s3.put_object(Bucket=bucket, Key=key, Body=b"small")  # or a PUT
+    with pytest.raises(ClientError) as info:
+        s3.complete_multipart_upload(**complete)
+    assert code(info.value) == "NoSuchUpload"
+
+
+def test_a_complete_with_a_listed_upload_id_cannot_prove_it_completed(s3, bucket):
+    """An UploadId from ListMultipartUploads carries no data key: nothing to prove that the
+    object at the key is that upload's, so a retry with it stays NoSuchUpload."""
+    key = new_key("retry")
+    parts = [os.urandom(5 * MiB), os.urandom(100)]
+    s3.create_multipart_upload(Bucket=bucket, Key=key)
+    listed = s3.list_multipart_uploads(Bucket=bucket, Prefix=key)["Uploads"][0]["UploadId"]
+    s3.abort_multipart_upload(Bucket=bucket, Key=key, UploadId=listed)
+    upload(s3, bucket, key, parts)
+    with pytest.raises(ClientError) as info:
+        s3.complete_multipart_upload(
+            Bucket=bucket,
+            Key=key,
+            UploadId=listed,
+            MultipartUpload={"Parts": [{"PartNumber": 1, "ETag": '"00"'}]},
+        )
+    assert code(info.value) == "NoSuchUpload"
+
+
 def test_abort_ends_the_upload(s3, bucket):
     key = new_key("abort")
     upload_id = s3.create_multipart_upload(Bucket=bucket, Key=key)["UploadId"]
@@ -416,6 +499,21 @@ def stored_parts(s3, backend, bucket):
 def test_reassembled_parts_are_detected(s3, backend, bucket, stored_parts, order):
     key, _, ranges, meta = stored_parts
     recompose(backend, bucket, key, [(key + ".orig", ranges[n - 1]) for n in order], meta)
+    assert_refused(s3, bucket, key)
+
+
+def test_part_headers_that_do_not_match_the_etags_part_count_are_detected(
+    s3, backend, bucket, stored_parts
+):
+    """The same stored bytes, re-uploaded at the backend as three parts (the last two of the
+    original as one): every header and tag is intact, but the ETag says -3 and the headers
+    say 4 parts. The count is not authenticated (whoever writes the backend picks the ETag),
+    so this is a cheap check against a truncation that also changed the ETag, not a proof."""
+    key, _, ranges, meta = stored_parts
+    joined = (ranges[2][0], ranges[3][1])
+    pieces = [(key + ".orig", ranges[0]), (key + ".orig", ranges[1]), (key + ".orig", joined)]
+    recompose(backend, bucket, key, pieces, meta)
+    assert backend.head_object(Bucket=bucket, Key=key)["ETag"].endswith('-3"')
     assert_refused(s3, bucket, key)
 
 

@@ -193,3 +193,39 @@ def test_connections_past_the_cap_wait_to_be_accepted(seaweedfs, tmp_path):
             sock.close()
         stop_process(process)
         log.close()
+
+
+def test_after_sigterm_new_connections_are_refused_at_once(seaweedfs, tmp_path, bucket):
+    """From the moment of SIGTERM the port refuses connections (a load balancer moves on),
+    instead of taking them into a backlog where they hang until the process exits, while a
+    stream in flight goes on to its end."""
+    import socket
+    import time
+
+    process, endpoint, log = start_proxy(seaweedfs, tmp_path, extra=["--shutdown-timeout", "60"])
+    port = int(endpoint.url.rsplit(":", 1)[1])
+    size = 48 * MiB
+    try:
+        endpoint.client().put_object(Bucket=bucket, Key="big", Body=os.urandom(size))
+        client, response = _stream_started(endpoint, bucket, "big")
+        chunks = response.iter_raw(64 * 1024)
+        received = len(next(chunks))
+        process.send_signal(signal.SIGTERM)
+        deadline = time.monotonic() + 10
+        while True:  # the signal is handled asynchronously: until the port refuses
+            try:
+                socket.create_connection(("127.0.0.1", port), timeout=2).close()
+            except ConnectionRefusedError:
+                break
+            assert time.monotonic() < deadline, "the port still takes connections"
+            time.sleep(0.01)
+        assert process.poll() is None  # still running: the stream is not done
+        for chunk in chunks:
+            received += len(chunk)
+        assert received == size
+        assert process.wait(timeout=30) == 0
+        client.close()
+    finally:
+        if process.poll() is None:
+            stop_process(process)
+        log.close()

@@ -282,19 +282,21 @@ def test_a_declared_length_that_is_not_digits_is_invalid_argument(value):
         assert exc.value.code == "InvalidArgument"
 
 
-@pytest.mark.xfail(
-    strict=True,
-    raises=ValueError,
-    reason="BUG (src/trios3/body.py plaintext_length): str.isdigit() accepts superscript "
-    "digits, which a latin-1 header value can hold (0xB2 is '²'), and int() then raises "
-    "ValueError: a 500 InternalError instead of InvalidArgument. Needs isascii() as "
-    "parse_part_number has.",
-)
 @pytest.mark.parametrize("value", ["\xb2", "1\xb3", "\xb9"])
 def test_a_declared_length_in_superscript_digits_is_invalid_argument(value):
     with pytest.raises(S3Error) as exc:
         plaintext_length({"x-amz-decoded-content-length": value}, STREAMING_PAYLOAD)
     assert exc.value.code == "InvalidArgument"
+
+
+@pytest.mark.parametrize("mode", [UNSIGNED_PAYLOAD, STREAMING_PAYLOAD])
+def test_a_declared_length_past_int_digit_limit_is_entity_too_large(mode):
+    declared = "9" * 5000  # int() refuses more than 4 300 digits with ValueError
+    name = "x-amz-decoded-content-length" if mode in STREAMING_MODES else "content-length"
+    with pytest.raises(S3Error) as exc:
+        plaintext_length({name: declared}, mode)
+    assert exc.value.code == "EntityTooLarge"
+    assert plaintext_length({name: "0" * 5000 + "7"}, mode) == 7
 
 
 def test_up_to_five_gib_may_be_declared():

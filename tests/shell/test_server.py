@@ -20,6 +20,7 @@ import trio.testing
 from trios3.body import READ_UNIT, ReadUnit
 from trios3.config import Config
 from trios3.server import (
+    ListenerShutDown,
     accept_retrying,
     hypercorn_config,
     listening_socket,
@@ -225,6 +226,37 @@ async def test_accept_raises_any_other_error():
     assert raised.value.errno == errno.EBADF
 
 
+async def test_a_listening_socket_shut_by_a_sibling_ends_accepting_not_serving():
+    """With --workers, the worker that gets SIGTERM first shuts the shared socket; the
+    others' accepts then fail with EINVAL, which must end their accepting, not the worker
+    (and its streams in flight)."""
+    listener = FlakyListener(OSError(errno.EINVAL, "Invalid argument"))
+    with pytest.raises(ListenerShutDown):
+        await accept_retrying(listener)
+
+
+async def test_a_sibling_shutting_the_socket_leaves_streams_in_flight_alone():
+    app = App()
+    config = Config(listen="127.0.0.1:0")
+    with listening_socket(config.listen, config.send_timeout) as sock:
+        hc = hypercorn_config(config, sock, config.shutdown_timeout)
+        async with trio.open_nursery() as nursery:
+            serve = partial(serve_connections, shutdown_trigger=trio.sleep_forever)
+            binds = await nursery.start(serve, app, hc, 16)
+            port = int(binds[0].rsplit(":", 1)[1])
+            held = await trio.open_tcp_stream("127.0.0.1", port)
+            with trio.fail_after(WAIT):
+                await held.send_all(request("/hold"))
+                assert await app.arrived.receive() == "/hold"
+                sock.shutdown(socket.SHUT_RD)  # what another worker's SIGTERM does
+                await trio.testing.wait_all_tasks_blocked()
+                app.release.set()
+                head, body = await read_response(held)
+            assert status_line(head).startswith(b"HTTP/1.1 200") and body == b"ok:"
+            await held.aclose()
+            nursery.cancel_scope.cancel()
+
+
 @pytest.mark.skipif(not hasattr(socket, "TCP_USER_TIMEOUT"), reason="Linux only")
 @pytest.mark.parametrize("listen", ["127.0.0.1:0", "[::1]:0"])
 def test_the_listening_socket_and_its_connections_carry_tcp_user_timeout(listen):
@@ -408,3 +440,64 @@ def test_the_body_buffer_parses_what_h11_parses():
     for data in (stream, chunked):
         for split in (1, 7, len(data)):
             assert run(h11_server(), data, split) == run(h11.Connection(h11.SERVER), data, split)
+
+
+async def test_a_request_head_not_finished_in_time_ends_its_connection():
+    """A client that begins a head and trickles it (or stops) holds its slot only for
+    header_timeout; a connection that sends nothing at all is idle, kept (keep-alive)."""
+    app = App()
+    config = Config(listen="127.0.0.1:0")
+    with listening_socket(config.listen, config.send_timeout) as sock:
+        hc = hypercorn_config(config, sock, config.shutdown_timeout)
+        async with trio.open_nursery() as nursery:
+            serve = partial(
+                serve_connections, shutdown_trigger=trio.sleep_forever, header_timeout=0.5
+            )
+            binds = await nursery.start(serve, app, hc, 16)
+            port = int(binds[0].rsplit(":", 1)[1])
+            idle = await trio.open_tcp_stream("127.0.0.1", port)
+            slow = await trio.open_tcp_stream("127.0.0.1", port)
+            with trio.fail_after(WAIT):
+                await slow.send_all(b"PUT /trickle HTTP/1.1\r\nhost: t\r\n")
+                started = trio.current_time()
+                assert await slow.receive_some(1024) == b""  # closed by the server
+                waited = trio.current_time() - started
+            assert 0.4 <= waited < 5
+            # The idle one is still served (its first byte starts its own head's clock).
+            with trio.fail_after(WAIT):
+                await idle.send_all(request("/ok", b"x"))
+                head, body = await read_response(idle)
+            assert status_line(head).startswith(b"HTTP/1.1 200") and body == b"ok:x"
+            await idle.aclose()
+            await slow.aclose()
+            nursery.cancel_scope.cancel()
+
+
+async def test_shutdown_refuses_new_connections_at_once_and_says_so_first():
+    """on_shutdown runs first (the app's readiness goes false), then the shared listening
+    socket refuses connections while connections already accepted are served to their end."""
+    app = App()
+    told = []
+    stop = trio.Event()
+    config = Config(listen="127.0.0.1:0")
+    with listening_socket(config.listen, config.send_timeout) as sock:
+        hc = hypercorn_config(config, sock, config.shutdown_timeout)
+        async with trio.open_nursery() as nursery:
+            serve = partial(
+                serve_connections, shutdown_trigger=stop.wait, on_shutdown=lambda: told.append(1)
+            )
+            binds = await nursery.start(serve, app, hc, 16)
+            port = int(binds[0].rsplit(":", 1)[1])
+            held = await trio.open_tcp_stream("127.0.0.1", port)
+            with trio.fail_after(WAIT):
+                await held.send_all(request("/hold"))
+                assert await app.arrived.receive() == "/hold"
+                stop.set()
+                await trio.testing.wait_all_tasks_blocked()
+                assert told == [1]
+                with pytest.raises(OSError):
+                    await trio.open_tcp_stream("127.0.0.1", port)
+                app.release.set()
+                head, body = await read_response(held)
+            assert status_line(head).startswith(b"HTTP/1.1 200") and body == b"ok:"
+            await held.aclose()

@@ -21,6 +21,7 @@ from trios3.core.errors import S3Error
 CHECKSUM_ALGORITHMS = ("crc32", "crc32c", "crc64nvme", "sha1", "sha256")
 _DIGEST_SIZES = {"crc32": 4, "crc32c": 4, "crc64nvme": 8, "sha1": 20, "sha256": 32}
 _SUPPORTED = "[CRC32, CRC32C, CRC64NVME, SHA1, SHA256]"
+_SPACE = " \t\r\n"  # not str.strip()'s Unicode spaces: "\xa0" is no part of a digest's text
 
 
 class _Digest(Protocol):
@@ -92,12 +93,12 @@ class PayloadChecks:
         """Collect the assertions from request headers (lower-case names)."""
         md5 = None
         if "content-md5" in headers:
-            md5 = _b64(headers["content-md5"].strip(), 16)
+            md5 = _b64(headers["content-md5"].strip(_SPACE), 16)
             if md5 is None:
                 raise S3Error("InvalidDigest")
 
         sha256_hex = None
-        content_sha256 = headers.get("x-amz-content-sha256", "").strip()
+        content_sha256 = headers.get("x-amz-content-sha256", "").strip(_SPACE)
         if len(content_sha256) == 64 and all(c in "0123456789abcdefABCDEF" for c in content_sha256):
             sha256_hex = content_sha256.lower()
 
@@ -105,12 +106,12 @@ class PayloadChecks:
         for algorithm in CHECKSUM_ALGORITHMS:
             name = f"x-amz-checksum-{algorithm}"
             if name in headers:
-                value = _b64(headers[name].strip(), _DIGEST_SIZES[algorithm])
+                value = _b64(headers[name].strip(_SPACE), _DIGEST_SIZES[algorithm])
                 if value is None:
                     raise S3Error("InvalidRequest", f"Value for {name} header is invalid.")
                 asserted.append((algorithm, value, False))
         for name in filter(
-            None, (n.strip().lower() for n in headers.get("x-amz-trailer", "").split(","))
+            None, (n.strip(_SPACE).lower() for n in headers.get("x-amz-trailer", "").split(","))
         ):
             algorithm = name.removeprefix("x-amz-checksum-")
             if name == algorithm or algorithm not in _DIGEST_SIZES:
@@ -128,7 +129,7 @@ class PayloadChecks:
 
         sdk_algorithm = None
         if "x-amz-sdk-checksum-algorithm" in headers:
-            sdk_algorithm = headers["x-amz-sdk-checksum-algorithm"].strip().lower()
+            sdk_algorithm = headers["x-amz-sdk-checksum-algorithm"].strip(_SPACE).lower()
             if sdk_algorithm not in _DIGEST_SIZES:
                 raise S3Error(
                     "InvalidRequest",
@@ -199,7 +200,7 @@ class PayloadChecks:
             raw = (trailers or {}).get(name)
             if raw is None:
                 raise S3Error("MalformedTrailerError", f"The trailer {name} is missing.")
-            expected = _b64(raw.strip(), _DIGEST_SIZES[algorithm])
+            expected = _b64(raw.strip(_SPACE), _DIGEST_SIZES[algorithm])
             if expected is None:
                 raise S3Error("InvalidRequest", f"Value for {name} trailing header is invalid.")
         computed = self._checksum.digest()
@@ -271,7 +272,11 @@ def multipart_checksums(
             return {}
         raw.append(value)
     if full:
-        claimed = headers[f"x-amz-checksum-{algorithm}"].strip()
+        name = f"x-amz-checksum-{algorithm}"
+        # Compared as digests, never as text: hmac.compare_digest refuses non-ASCII str.
+        claimed = _b64(headers[name].strip(_SPACE), size)
+        if claimed is None:
+            raise S3Error("InvalidRequest", f"Value for {name} header is invalid.")
         combine = _COMBINE.get(algorithm)
         if combine is None:
             raise S3Error(
@@ -281,8 +286,9 @@ def multipart_checksums(
         value = int.from_bytes(raw[0], "big")
         for digest, length in zip(raw[1:], part_sizes[1:], strict=True):
             value = combine(value, int.from_bytes(digest, "big"), length)
-        computed = base64.b64encode(value.to_bytes(size, "big")).decode("ascii")
-        if not hmac.compare_digest(computed, claimed):
+        digest = value.to_bytes(size, "big")
+        computed = base64.b64encode(digest).decode("ascii")
+        if not hmac.compare_digest(digest, claimed):
             raise S3Error(
                 "BadDigest",
                 f"The {algorithm.upper()} you specified did not match the calculated checksum.",

@@ -25,12 +25,11 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 
 from trios3.core.errors import S3Error
+from trios3.core.numbers import parse_hex
 from trios3.core.sigv4 import SigningScope, chunk_signature, trailer_signature
 
 _SIGNATURE_EXT = b";chunk-signature="
 _TRAILER_SIGNATURE = "x-amz-trailer-signature"
-_MAX_SIZE_DIGITS = 16
-_HEX_DIGITS = frozenset(b"0123456789abcdefABCDEF")
 # Compact the buffer only once this much has been consumed: keeps deletes amortised O(1).
 _COMPACT_AT = 64 * 1024
 
@@ -84,6 +83,8 @@ class AwsChunkedDecoder:
         self._previous_signature = signing.seed_signature if signing else ""
         self._trailer_names = tuple(name.strip().lower() for name in trailer_names)
         self._trailer_signed = trailer_signed
+        # Unsigned trailers only after unsigned chunks.
+        self._trailers_allowed = signing is None or trailer_signed
         self._max_line = max_line
         self._buf = bytearray()
         self._pos = 0
@@ -199,13 +200,10 @@ class AwsChunkedDecoder:
 
     def _size_line(self, line: bytes) -> None:
         size_part = line.partition(b";")[0]
-        if (
-            not size_part
-            or len(size_part) > _MAX_SIZE_DIGITS
-            or not all(c in _HEX_DIGITS for c in size_part)
-        ):
+        # Saturated past 16 digits: more than any x-amz-decoded-content-length.
+        size = parse_hex(size_part)
+        if size is None:
             raise S3Error("InvalidRequest", "Invalid aws-chunked chunk size.")
-        size = int(size_part, 16)
         if self._signing is not None:
             claimed = line[len(size_part) + len(_SIGNATURE_EXT) :]
             if not line[len(size_part) :].startswith(_SIGNATURE_EXT) or len(claimed) != 64:
@@ -263,6 +261,12 @@ class AwsChunkedDecoder:
         self._chunk_hash = None
 
     def _trailer_line(self, line: bytes) -> None:
+        if not self._trailers_allowed:
+            raise S3Error(
+                "MalformedTrailerError",
+                "STREAMING-AWS4-HMAC-SHA256-PAYLOAD carries no trailers; signed trailers need "
+                "STREAMING-AWS4-HMAC-SHA256-PAYLOAD-TRAILER.",
+            )
         if self._trailer_claimed is not None:
             raise S3Error("MalformedTrailerError", "Data after x-amz-trailer-signature.")
         name_b, sep, value_b = line.partition(b":")

@@ -113,5 +113,9 @@ class S3Error(Exception):
         super().__init__(f"{code}: {self.message}")
 
 
+class ConfigError(Exception):
+    """A configuration problem, reported as one line at start-up (trios3.config)."""
+
+
 class TamperedError(Exception):
     """Authenticated decryption failed: the stored bytes or metadata were altered or moved."""

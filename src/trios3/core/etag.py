@@ -11,8 +11,10 @@ from __future__ import annotations
 
 import re
 
+from trios3.core.numbers import parse_decimal
+
 SUFFIX = "-0"
-_PART_COUNT = re.compile(r'-(\d+)"?\s*$')
+_PART_COUNT = re.compile(r'-([0-9]+)"?[ \t]*$')
 
 
 def client_etag(backend_etag: str, encrypted: bool) -> str:
@@ -45,6 +47,5 @@ def part_count(etag: str) -> int | None:
     """N from a multipart ETag ``"<hex>-N"``; None for a single-part ETag (or the proxy's
     ``-0``)."""
     match = _PART_COUNT.search(etag)
-    if not match or match.group(1) == "0":
-        return None
-    return int(match.group(1))
+    count = parse_decimal(match.group(1)) if match else None
+    return count or None

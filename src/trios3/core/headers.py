@@ -4,6 +4,13 @@ Allowlists, not denylists: a header the proxy does not understand could describe
 ciphertext (checksums, lengths) or carry the client's own signature, so it does not pass.
 Everything here takes and returns plain strings: the operations (trios3.ops) decide nothing
 about headers themselves.
+
+What goes to the backend is US-ASCII. S3 documents user metadata as US-ASCII over REST (and
+answers other characters with SignatureDoesNotMatch whenever the client signed them as UTF-8),
+and a header value is bytes the proxy holds as latin-1 text: signed as text but sent as bytes,
+a value beyond ASCII would be canonicalised one way by the proxy and another by a backend that
+reads its bytes as UTF-8, and the backend would refuse the proxy's own signature. Such a value
+is the client's error (InvalidArgument, naming the header), never a backend request.
 """
 
 from __future__ import annotations
@@ -137,12 +144,32 @@ def request_headers(pairs: Sequence[tuple[str, str]]) -> dict[str, str]:
     return headers
 
 
+def without_aws_chunked(value: str) -> str:
+    """A Content-Encoding without its ``aws-chunked`` coding (a transfer framing)."""
+    codings = [c.strip() for c in value.split(",")]
+    return ", ".join(c for c in codings if c and c.lower() != "aws-chunked")
+
+
+def ascii_header(name: str, value: str) -> str:
+    """``value``, if it may go to the backend as it is: US-ASCII (see the module's note);
+    InvalidArgument naming the header otherwise."""
+    if not value.isascii():
+        raise S3Error(
+            "InvalidArgument",
+            f"The value of the {name} header must be US-ASCII "
+            "(encode other characters, e.g. as RFC 2047 or percent-encoding).",
+            fields={"ArgumentName": name, "ArgumentValue": value},
+        )
+    return value
+
+
 def user_metadata(headers: Mapping[str, str]) -> list[tuple[str, str]]:
-    """The client's own ``x-amz-meta-*``; the proxy's reserved prefix is refused."""
+    """The client's own ``x-amz-meta-*``, US-ASCII; the proxy's reserved prefix is refused."""
     meta = [(n, v) for n, v in headers.items() if n.startswith("x-amz-meta-")]
-    for name, _ in meta:
+    for name, value in meta:
         if name.startswith(RESERVED_META):
             raise S3Error("InvalidArgument", f"The metadata prefix {RESERVED_META} is reserved.")
+        ascii_header(name, value)
     if sum(len(n) - len("x-amz-meta-") + len(v) for n, v in meta) > MAX_USER_METADATA:
         raise S3Error("MetadataTooLarge", fields={"MaxSizeAllowed": str(MAX_USER_METADATA)})
     return meta
@@ -192,24 +219,22 @@ def reject_sse_c(headers: Mapping[str, str]) -> None:
 
 
 def upload_headers(headers: Mapping[str, str]) -> list[tuple[str, str]]:
-    """Client headers that describe the object (not its bytes), passed on to the backend."""
-    out = [(n, v) for n, v in headers.items() if n in UPLOAD_HEADERS]
-    encoding = [
-        e.strip()
-        for e in headers.get("content-encoding", "").split(",")
-        if e.strip() and e.strip().lower() != "aws-chunked"
-    ]
+    """Client headers that describe the object (not its bytes), passed on to the backend;
+    each must be US-ASCII."""
+    out = [(n, ascii_header(n, v)) for n, v in headers.items() if n in UPLOAD_HEADERS]
+    encoding = without_aws_chunked(headers.get("content-encoding", ""))
     if encoding:
-        out.append(("content-encoding", ", ".join(encoding)))
+        out.append(("content-encoding", ascii_header("content-encoding", encoding)))
     return out
 
 
 def conditions(headers: Mapping[str, str], names=CONDITIONS) -> list[tuple[str, str]]:
-    """Conditional headers for the backend, with the proxy's ETag suffix removed."""
+    """Conditional headers for the backend, with the proxy's ETag suffix removed; each must be
+    US-ASCII."""
     out = []
     for name in names:
         if name in headers:
-            value = headers[name]
+            value = ascii_header(name, headers[name])
             if name.endswith("match"):
                 value = backend_condition(value)
             out.append((name, value))
@@ -222,6 +247,12 @@ def object_response_headers(
     """Backend object headers a client may see; checksums and lengths of ciphertext dropped."""
     out = []
     for name, value in backend_headers.items():
+        if name == "content-encoding":
+            # aws-chunked framed the upload (the proxy's own, trios3.core.upload_checksum),
+            # it does not describe the object; some backends keep it all the same.
+            value = without_aws_chunked(value)
+            if not value:
+                continue
         if name in OBJECT_RESPONSE_HEADERS or (
             name.startswith("x-amz-meta-") and not name.startswith(RESERVED_META)
         ):
@@ -257,7 +288,11 @@ def described_by(
     source: Mapping[str, str],
 ) -> tuple[list[tuple[str, str]], list[tuple[str, str]]]:
     """What a copy with the COPY directive carries over from its source's HEAD: the headers
-    that describe the object, and the user metadata (never the proxy's own)."""
+    that describe the object, and the user metadata (never the proxy's own).
+
+    A source whose value is not US-ASCII (written to the backend directly) cannot be carried
+    over as it is: InvalidRequest, so that the client can REPLACE it.
+    """
     described = [
         (n, v) for n, v in source.items() if n in UPLOAD_HEADERS or n == "content-encoding"
     ]
@@ -266,4 +301,11 @@ def described_by(
         for n, v in source.items()
         if n.startswith("x-amz-meta-") and not n.startswith(RESERVED_META)
     ]
+    for name, value in [*described, *meta]:
+        if not value.isascii():
+            raise S3Error(
+                "InvalidRequest",
+                f"The source object's {name} is not US-ASCII and cannot be copied as it is; "
+                "copy it with x-amz-metadata-directive: REPLACE.",
+            )
     return described, meta

@@ -24,6 +24,7 @@ from cryptography.hazmat.primitives.kdf.hkdf import HKDF
 
 from trios3.core import format as fmt
 from trios3.core.errors import S3Error, TamperedError
+from trios3.core.numbers import parse_decimal
 
 VERSION = 2
 SALT_SIZE = 16
@@ -300,13 +301,14 @@ def plan_completion(
 def parse_part_number(text: str | None) -> int:
     """A ``partNumber`` query value: 1..10 000, in digits, or S3's InvalidArgument."""
     text = text or ""
-    if not text.isascii() or not text.isdigit() or not 1 <= int(text) <= MAX_PART_NUMBER:
+    number = parse_decimal(text)
+    if number is None or not 1 <= number <= MAX_PART_NUMBER:
         raise S3Error(
             "InvalidArgument",
             "Part number must be an integer between 1 and 10000, inclusive",
             fields={"ArgumentName": "partNumber", "ArgumentValue": text},
         )
-    return int(text)
+    return number
 
 
 # -- layout -----------------------------------------------------------------------------------

@@ -20,10 +20,14 @@ import re
 
 from trios3.core.errors import S3Error
 from trios3.core.format import TAG_SIZE
+from trios3.core.numbers import DECIMAL, MAX_DIGITS, parse_decimal
 
-_RANGE = re.compile(r"bytes=([0-9]*)-([0-9]*)", re.IGNORECASE)
-_CONTENT_RANGE = re.compile(r"^bytes (\d+)-(\d+)/(\d+)$")
-_COPY_RANGE = re.compile(r"^bytes=(\d+)-(\d+)$")
+# ASCII digits only, and ASCII case-insensitivity (no "\u017f" for "s"). A number too long
+# for any object reads as larger than every object (trios3.core.numbers).
+_RANGE = re.compile(r"bytes=([0-9]*)-([0-9]*)", re.IGNORECASE | re.ASCII)
+_CONTENT_RANGE = re.compile(f"bytes ({DECIMAL})-({DECIMAL})/({DECIMAL})")
+_COPY_RANGE = re.compile(f"bytes=({DECIMAL})-({DECIMAL})")
+_SPACE = " \t\r\n"  # ASCII whitespace, not str.strip()'s Unicode spaces (latin-1 has two)
 
 
 def parse_range(header: str | None, size: int) -> tuple[int, int] | None:
@@ -33,23 +37,23 @@ def parse_range(header: str | None, size: int) -> tuple[int, int] | None:
     """
     if header is None:
         return None
-    match = _RANGE.fullmatch(header.strip())
+    match = _RANGE.fullmatch(header.strip(_SPACE))
     if match is None:  # garbage, another unit, or several ranges: ignored, as AWS does
         return None
     first, last = match.groups()
     if not first:
         if not last:  # "bytes=-"
             return None
-        suffix = int(last)
+        suffix = _number(last)
         if suffix == 0:
             raise _unsatisfiable(header, size)
         if size == 0:
             return None
         return max(0, size - suffix), size - 1
-    start = int(first)
-    end = int(last) if last else None
-    if end is not None and start > end:
+    if last and _greater(first, last):
         return None
+    start = _number(first)
+    end = _number(last) if last else None
     if start >= size:
         raise _unsatisfiable(header, size)
     return start, size - 1 if end is None else min(end, size - 1)
@@ -67,19 +71,20 @@ def stored_window(header: str | None, segment_size: int) -> str | None:
     """
     if header is None:
         return None
-    match = _RANGE.fullmatch(header.strip())
+    match = _RANGE.fullmatch(header.strip(_SPACE))
     if match is None:
         return None
     first, last = match.groups()
     unit = segment_size + TAG_SIZE
     if first and last:
-        if int(first) > int(last):
+        if _greater(first, last):
             return None
-        return f"bytes={int(first) // segment_size * unit}-{(int(last) // segment_size + 1) * unit - 1}"
+        start, end = _number(first), _number(last)
+        return f"bytes={start // segment_size * unit}-{(end // segment_size + 1) * unit - 1}"
     if first:
-        return f"bytes={int(first) // segment_size * unit}-"
-    if last and int(last) > 0:
-        segments = -(-int(last) // segment_size) + 1
+        return f"bytes={_number(first) // segment_size * unit}-"
+    if last and _number(last) > 0:
+        segments = -(-_number(last) // segment_size) + 1
         return f"bytes=-{segments * unit}"
     return None
 
@@ -91,10 +96,11 @@ def content_range(start: int, end: int, size: int) -> str:
 
 def parse_content_range(value: str | None) -> tuple[int, int, int] | None:
     """A backend 206's ``Content-Range: bytes start-end/total`` as numbers, or None."""
-    match = _CONTENT_RANGE.match(value or "")
+    match = _CONTENT_RANGE.fullmatch(value or "")
     if not match:
         return None
-    start, end, total = (int(g) for g in match.groups())
+    # Exact to 64 digits: these are the backend's numbers, checked against each other.
+    start, end, total = (_number(g, 64) for g in match.groups())
     return start, end, total
 
 
@@ -103,21 +109,35 @@ def parse_copy_range(value: str | None, size: int) -> tuple[int, int]:
     or the whole source of ``size`` bytes."""
     if value is None:
         return (0, size - 1)
-    match = _COPY_RANGE.match(value.strip())
+    match = _COPY_RANGE.fullmatch(value.strip(_SPACE))
     if not match:
         raise S3Error(
             "InvalidArgument",
             "The x-amz-copy-source-range value must be of the form bytes=first-last where "
             "first and last are the zero-based offsets of the first and last bytes to copy",
         )
-    start, end = int(match.group(1)), int(match.group(2))
-    if start > end or end >= size:
+    start, end = _number(match.group(1)), _number(match.group(2))
+    if _greater(match.group(1), match.group(2)) or end >= size:
         raise S3Error(
             "InvalidRange",
             f"Range specified is not valid for source object of size: {size}",
             status=416,
         )
     return start, end
+
+
+def _number(digits: str, max_digits: int = MAX_DIGITS) -> int:
+    """ASCII digits (the patterns above matched them) as a number, saturated past 18 digits:
+    beyond any object's size, which is all a range check needs to know."""
+    value = parse_decimal(digits, max_digits)
+    assert value is not None
+    return value
+
+
+def _greater(a: str, b: str) -> bool:
+    """Whether the number ``a`` is greater than ``b``, exactly, however long both are."""
+    a, b = a.lstrip("0"), b.lstrip("0")
+    return (len(a), a) > (len(b), b)
 
 
 def _unsatisfiable(header: str, size: int) -> S3Error:

@@ -25,6 +25,7 @@ from trios3.core import format as fmt
 from trios3.core import multipart as mp
 from trios3.core.errors import S3Error
 from trios3.core.keys import Envelope
+from trios3.core.numbers import parse_decimal
 from trios3.core.ranges import content_range, parse_content_range, parse_range, stored_window
 
 # A read that has not settled after this many backend responses is given up: the object kept
@@ -48,7 +49,9 @@ class Fetched:
             if parsed is None:
                 raise S3Error("InternalError", "The backend sent an unreadable Content-Range.")
             return cls(*parsed)
-        length = int(content_length or "0")
+        length = parse_decimal((content_length or "0").strip(" \t"), 64)
+        if length is None:
+            raise S3Error("InternalError", "The backend sent an unreadable Content-Length.")
         return cls(0, length - 1, length)
 
     @property

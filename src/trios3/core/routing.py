@@ -13,11 +13,15 @@ an unencrypted part. For the same reason handlers should build the backend's que
 ``Target.query`` entries they understand, not forward the client's raw query string.
 
 Virtual-hosted style applies only when the proxy is configured with a domain and the Host is
-``<bucket>.<domain>``; everything else is path style.
+``<bucket>.<domain>``; everything else is path style. Without a domain, a Host that is
+``<something>.<a name the proxy is reached by>`` is a client that believes it addresses a
+bucket by its Host: read as path style, its ``DELETE /key`` would be DeleteBucket ``key``, so
+it is refused instead.
 """
 
 from __future__ import annotations
 
+import ipaddress
 import re
 from dataclasses import dataclass, field
 from urllib.parse import unquote
@@ -155,11 +159,14 @@ def resolve_target(
     query_string: str,
     host: str | None,
     virtual_host_domain: str | None,
+    own_hosts: frozenset[str] = frozenset(),
 ) -> Target:
     """Resolve a request to its :class:`Target`, or raise the S3Error AWS would send.
 
     ``raw_path`` is the still-percent-encoded path (``+`` is a literal plus there);
     ``query_string`` is the raw query without ``?``, decoded form-style (``+`` is a space).
+    ``own_hosts`` are the names the proxy is reached by: with no ``virtual_host_domain``, a
+    Host below one of them (``bucket.proxy``) is InvalidRequest (empty: no such check).
     """
     method = method.upper()
     query = parse_query(query_string)
@@ -167,6 +174,8 @@ def resolve_target(
         raise S3Error("InvalidURI")
 
     bucket = _virtual_host_bucket(host, virtual_host_domain)
+    if bucket is None and not virtual_host_domain and own_hosts:
+        _refuse_unconfigured_virtual_host(host, own_hosts)
     if bucket is not None:
         key_part = raw_path[1:]
     else:
@@ -181,11 +190,7 @@ def resolve_target(
     key = _decode(key_part)
     if not key:
         return Target(_bucket_operation(method, query), bucket, None, query)
-    if len(key.encode("utf-8")) > MAX_KEY_BYTES:
-        raise S3Error(
-            "KeyTooLongError",
-            fields={"MaxSizeAllowed": str(MAX_KEY_BYTES), "Size": str(len(key.encode()))},
-        )
+    _check_key_length(key)
     return Target(_object_operation(method, query), bucket, key, query)
 
 
@@ -199,22 +204,40 @@ class CopySource:
 
 
 def parse_copy_source(value: str) -> CopySource:
-    """``x-amz-copy-source`` (``[/]bucket/key[?versionId=v]``, percent-encoded)."""
+    """``x-amz-copy-source`` (``[/]bucket/key[?versionId=v]``, percent-encoded).
+
+    Read as strictly as a request path: UTF-8 only, a valid bucket name, a key within S3's
+    length; one optional parameter, ``versionId``. Anything else is refused here, before a
+    name the proxy would not accept in a path could reach the backend.
+    """
     path, _, query = value.partition("?")
-    path = unquote(path).lstrip("/")
+    path = _decode_copy_source(path).removeprefix("/")
     bucket, _, key = path.partition("/")
     if not bucket or not key:
         raise S3Error(
             "InvalidArgument",
             "Copy Source must mention the source bucket and key: sourcebucket/sourcekey",
         )
+    _check_bucket_name(bucket)
+    _check_key_length(key)
     version = None
     if query:
-        name, _, version = query.partition("=")
-        if name != "versionId" or not version:
+        name, equals, raw_version = query.partition("=")
+        if name != "versionId" or not equals or not raw_version or "&" in raw_version:
             raise S3Error("InvalidArgument", "Unsupported copy source parameter.")
-        version = unquote(version)
+        version = _decode_copy_source(raw_version)
     return CopySource(bucket, key, version)
+
+
+def _decode_copy_source(raw: str) -> str:
+    try:
+        return _decode(raw)
+    except S3Error:
+        raise S3Error(
+            "InvalidArgument",
+            "Invalid copy source encoding: it must be percent-encoded UTF-8.",
+            fields={"ArgumentName": "x-amz-copy-source"},
+        ) from None
 
 
 def parse_query(query_string: str) -> dict[str, str]:
@@ -259,6 +282,47 @@ def _virtual_host_bucket(host: str | None, domain: str | None) -> str | None:
     if host.endswith(suffix) and len(host) > len(suffix):
         return host[: -len(suffix)]
     return None
+
+
+def _refuse_unconfigured_virtual_host(host: str | None, own_hosts: frozenset[str]) -> None:
+    """InvalidRequest when ``host`` is ``<label>.<own name>``: a virtual-hosted request to a
+    proxy configured without a virtual-host domain."""
+    name = _host_name(host)
+    if name is None:
+        return
+    for own in own_hosts:
+        own = own.strip().lower().rstrip(".")
+        if own and name != own and name.endswith("." + own):
+            raise S3Error(
+                "InvalidRequest",
+                "Virtual-hosted-style requests need --virtual-host-domain; this proxy serves "
+                "path-style requests (http://host/bucket/key).",
+            )
+
+
+def _host_name(host: str | None) -> str | None:
+    """A Host header's name, lower-case, without its port or a final dot; None for none or
+    an IP literal (never a bucket's host)."""
+    if not host:
+        return None
+    name = host.strip().lower()
+    if name.startswith("["):  # an IPv6 literal, with or without a port
+        return None
+    name = name.rpartition(":")[0] if ":" in name else name
+    name = name.rstrip(".")
+    try:
+        ipaddress.ip_address(name)
+    except ValueError:
+        return name or None
+    return None
+
+
+def _check_key_length(key: str) -> None:
+    size = len(key.encode("utf-8", "surrogatepass"))
+    if size > MAX_KEY_BYTES:
+        raise S3Error(
+            "KeyTooLongError", fields={"MaxSizeAllowed": str(MAX_KEY_BYTES), "Size": str(size)}
+        )
 
 
 def _check_bucket_name(name: str) -> None:

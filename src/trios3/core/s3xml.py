@@ -1,7 +1,12 @@
 """S3 XML in and out: error documents, DeleteObjects, listings, small result documents.
 
 Everything from outside (client bodies, backend responses) is parsed with ``defusedxml``, so a
-DTD entity bomb or an external entity is refused instead of expanded. Output is built with
+DTD entity bomb or an external entity is refused instead of expanded, and only as UTF-8: a
+document declaring another encoding (or written in UTF-16) is not one of S3's, and an unknown
+encoding name never reaches Python's codec lookup. The two documents a
+client may make large (CompleteMultipartUpload, DeleteObjects) are parsed a piece at a time,
+each entry dropped once read, so their element limits apply as the entries arrive and memory
+stays near the input's size whatever its shape. Output is built with
 ``xml.etree.ElementTree``, which escapes text; characters XML 1.0 cannot carry at all (most C0
 controls) are replaced by U+FFFD so that a hostile key can never make our own output malformed.
 
@@ -12,15 +17,16 @@ namespace is treated as a different document.
 from __future__ import annotations
 
 import re
-import xml.etree.ElementTree as ET  # output only; parsing goes through defusedxml
-from collections.abc import Callable
+import xml.etree.ElementTree as ET  # building documents, and the parsers' tree builder
+from collections.abc import Callable, Iterator
 from datetime import UTC, datetime
 from email.utils import parsedate_to_datetime
 
-import defusedxml.ElementTree as SafeET
 from defusedxml import DefusedXmlException
+from defusedxml.ElementTree import DefusedXMLParser
 
 from trios3.core.errors import S3Error
+from trios3.core.numbers import parse_decimal
 
 S3_NS = "http://s3.amazonaws.com/doc/2006-03-01/"
 MAX_DELETE_OBJECTS = 1000
@@ -30,6 +36,13 @@ _NOT_XML_CHAR = re.compile("[\x00-\x08\x0b\x0c\x0e-\x1f\ufffe\uffff\ud800-\udfff
 # Listing entries whose checksum elements describe the stored ciphertext, not the plaintext.
 _CIPHERTEXT_CHECKSUM_TAGS = ("ChecksumAlgorithm", "ChecksumType")
 _LISTING_ROOTS = {"ListBucketResult": "Contents", "ListVersionsResult": "Version"}
+_XML_SPACE = " \t\r\n"
+_UTF8_NAMES = frozenset({"utf-8", "utf8"})
+_FEED_SIZE = 16 * 1024  # what an incremental parse takes in at a time
+# The longest markup (a start tag, a comment) a client document may hold: expat keeps one
+# whole, and a start tag's attributes all become Python objects at once (500 000 empty
+# attributes in 5 MiB cost 133 MiB), before any element limit could apply.
+_MAX_MARKUP = 16 * 1024
 
 
 # -- errors ------------------------------------------------------------------------------------
@@ -43,8 +56,11 @@ def xml_timestamp(when: datetime) -> str:
 def xml_timestamp_of(http_date: str | None) -> str:
     """An HTTP ``Last-Modified`` as an XML timestamp (now, when there is none to read)."""
     try:
-        return xml_timestamp(parsedate_to_datetime(http_date or ""))
-    except (TypeError, ValueError):
+        when = parsedate_to_datetime(http_date or "")
+        if when.tzinfo is None:  # RFC 5322's "-0000": UTC, with no claim about local time
+            when = when.replace(tzinfo=UTC)
+        return xml_timestamp(when)
+    except (TypeError, ValueError, OverflowError):
         return xml_timestamp(datetime.now(UTC))
 
 
@@ -78,46 +94,65 @@ def parse_delete_objects(body: bytes) -> tuple[bool, list[tuple[str, str | None]
     """A client's ``<Delete>`` body as ``(quiet, [(key, version_id)])``.
 
     MalformedXML, as AWS answers, for anything but 1 to 1000 well-formed ``<Object>`` entries
-    each with one non-empty ``<Key>``. The conditional-delete fields (``ETag``,
-    ``LastModifiedTime``, ``Size``) are NotImplemented: they would be compared against the
-    stored ciphertext, not the plaintext the client knows.
+    each with one non-empty ``<Key>`` (refused at the 1001st, before the rest is read). The
+    conditional-delete fields (``ETag``, ``LastModifiedTime``, ``Size``) are NotImplemented:
+    they would be compared against the stored ciphertext, not the plaintext the client knows.
     """
-    root = _parse(body)
-    if root is None or _local(root) != "Delete":
-        raise S3Error("MalformedXML")
     quiet = False
     objects: list[tuple[str, str | None]] = []
-    for element in root:
+    fields: dict[str, str] = {}
+    entry = ""  # the tag of the entry being read
+    for event, element, depth in _client_events(body, "Delete"):
         tag = _local(element)
-        if tag == "Quiet":
-            value = (element.text or "").strip().lower()
-            if value not in ("true", "false"):
+        if depth == 2 and event == "start":
+            if tag == "Object":
+                if len(objects) >= MAX_DELETE_OBJECTS:
+                    raise S3Error("MalformedXML")
+                fields = {}
+            elif tag != "Quiet":
                 raise S3Error("MalformedXML")
-            quiet = value == "true"
-        elif tag == "Object":
-            objects.append(_delete_entry(element))
-            if len(objects) > MAX_DELETE_OBJECTS:
+            entry = tag
+        elif depth == 2:
+            if tag == "Quiet":
+                value = (element.text or "").strip(_XML_SPACE).lower()
+                if value not in ("true", "false"):
+                    raise S3Error("MalformedXML")
+                quiet = value == "true"
+            else:
+                objects.append(_delete_entry(fields))
+        elif depth == 3 and event == "start":
+            if tag in ("ETag", "LastModifiedTime", "Size"):
+                raise S3Error(
+                    "NotImplemented", f"Conditional DeleteObjects ({tag}) is not supported."
+                )
+            if entry != "Object" or tag not in ("Key", "VersionId") or tag in fields:
                 raise S3Error("MalformedXML")
-        else:
-            raise S3Error("MalformedXML")
+        elif depth == 3:
+            fields[tag] = element.text or ""
     if not objects:
         raise S3Error("MalformedXML")
     return quiet, objects
 
 
-def _delete_entry(element: ET.Element) -> tuple[str, str | None]:
-    fields: dict[str, str] = {}
-    for child in element:
-        tag = _local(child)
-        if tag in ("ETag", "LastModifiedTime", "Size"):
-            raise S3Error("NotImplemented", f"Conditional DeleteObjects ({tag}) is not supported.")
-        if tag not in ("Key", "VersionId") or tag in fields or len(child):
-            raise S3Error("MalformedXML")
-        fields[tag] = child.text or ""
+def _delete_entry(fields: dict[str, str]) -> tuple[str, str | None]:
     key = fields.get("Key")
     if not key:
         raise S3Error("MalformedXML")
     return key, fields.get("VersionId") or None
+
+
+def render_delete_objects(quiet: bool, objects: list[tuple[str, str | None]]) -> bytes:
+    """The ``<Delete>`` document the proxy sends the backend, written from what
+    :func:`parse_delete_objects` read (never the client's own bytes)."""
+    root = ET.Element("Delete", xmlns=S3_NS)
+    if quiet:
+        _child(root, "Quiet", "true")
+    for key, version in objects:
+        entry = ET.SubElement(root, "Object")
+        _child(entry, "Key", key)
+        if version is not None:
+            _child(entry, "VersionId", version)
+    return _serialize(root)
 
 
 def rewrite_listing(
@@ -213,6 +248,7 @@ def parse_copy_object_result(body: bytes) -> tuple[str, str]:
 # -- multipart ----------------------------------------------------------------------------------
 
 MAX_COMPLETE_PARTS = 10_000
+_PART_FIELDS = ("PartNumber", "ETag")
 
 
 def render_initiate_result(bucket: str, key: str, upload_id: str) -> bytes:
@@ -234,24 +270,35 @@ def parse_initiate_result(body: bytes) -> str:
 
 def parse_complete_request(body: bytes) -> list[tuple[int, str, dict[str, str]]]:
     """A client's ``<CompleteMultipartUpload>``: (part number, ETag, checksums) in the order
-    given; MalformedXML for anything else (order and existence are checked later, as S3 does)."""
-    root = _parse(body)
-    if root is None or _local(root) != "CompleteMultipartUpload":
-        raise S3Error("MalformedXML")
-    parts = []
-    for element in root:
-        if _local(element) == "":
-            continue
-        if _local(element) != "Part" or len(parts) >= MAX_COMPLETE_PARTS:
-            raise S3Error("MalformedXML")
-        number = _integer(_find(element, "PartNumber"))
-        etag = _text(element, "ETag")
-        if number is None or etag is None:
-            raise S3Error("MalformedXML")
-        checksums = {
-            _local(c): (c.text or "").strip() for c in element if _local(c).startswith("Checksum")
-        }
-        parts.append((number, etag.strip(), checksums))
+    given; MalformedXML for anything else (order and existence are checked later, as S3 does),
+    and at the 10 001st part, before the rest is read.
+
+    A part's PartNumber, ETag and Checksum* elements may each appear once; other elements in
+    a part are ignored (and dropped as they end).
+    """
+    parts: list[tuple[int, str, dict[str, str]]] = []
+    fields: dict[str, str] = {}
+    for event, element, depth in _client_events(body, "CompleteMultipartUpload"):
+        tag = _local(element)
+        if depth == 2 and event == "start":
+            if tag != "Part" or len(parts) >= MAX_COMPLETE_PARTS:
+                raise S3Error("MalformedXML")
+            fields = {}
+        elif depth == 2:
+            number = parse_decimal(fields.get("PartNumber", "").strip(_XML_SPACE))
+            etag = fields.pop("ETag", None)
+            if number is None or etag is None:
+                raise S3Error("MalformedXML")
+            checksums = {
+                name: value.strip(_XML_SPACE)
+                for name, value in fields.items()
+                if name.startswith("Checksum")
+            }
+            parts.append((number, etag.strip(_XML_SPACE), checksums))
+        elif depth == 3 and event == "end" and (tag in _PART_FIELDS or tag.startswith("Checksum")):
+            if tag in fields:
+                raise S3Error("MalformedXML")
+            fields[tag] = element.text or ""
     return parts
 
 
@@ -370,15 +417,97 @@ def render_copy_part_result(etag: str, last_modified: str) -> bytes:
     return _serialize(root)
 
 
+class _NotUtf8(ValueError):
+    """The document declares an encoding other than UTF-8."""
+
+
+def _check_declaration(version: str | None, encoding: str | None, standalone: int) -> None:
+    del version, standalone
+    if encoding is not None and encoding.lower() not in _UTF8_NAMES:
+        raise _NotUtf8(encoding)
+
+
+def _not_utf8(body: bytes) -> bool:
+    """A UTF-16 or UTF-32 document, which expat would recognise by its byte-order mark or
+    its zero bytes whatever encoding it is told: UTF-8 XML holds no zero byte at all."""
+    return b"\x00" in body or body.startswith((b"\xff\xfe", b"\xfe\xff"))
+
+
+def _new_parser() -> DefusedXMLParser:
+    """A defused expat parser (no DTD, entities or external references) that reads UTF-8
+    only: the declared encoding is checked, never looked up (an unknown name would raise
+    LookupError from Python's codecs; expat still detects UTF-16 itself, which the callers
+    refuse with :func:`_not_utf8`)."""
+    parser = DefusedXMLParser(target=ET.TreeBuilder(), encoding="utf-8", forbid_dtd=True)
+    parser.parser.XmlDeclHandler = _check_declaration
+    return parser
+
+
+_PARSE_ERRORS = (ET.ParseError, DefusedXmlException, ValueError)
+
+
 def _parse(body: bytes) -> ET.Element | None:
-    """The root element of a safe, well-formed document in the S3 namespace or none."""
+    """The root element of a safe, well-formed UTF-8 document in the S3 namespace or none."""
+    if _not_utf8(body):
+        return None
+    parser = _new_parser()
     try:
-        root = SafeET.fromstring(body, forbid_dtd=True)
-    except (ET.ParseError, DefusedXmlException, ValueError):
+        parser.feed(body)
+        root = parser.close()
+    except _PARSE_ERRORS:
         return None
     if _namespace(root) not in ("", S3_NS):
         return None
     return root
+
+
+def _client_events(body: bytes, root_name: str) -> Iterator[tuple[str, ET.Element, int]]:
+    """``(event, element, depth)`` for each ``start`` and ``end`` of a client's document
+    whose root is ``root_name`` (depth 1), parsed a piece at a time.
+
+    At most three levels (root, entry, field): anything deeper, another root, markup longer
+    than 16 KiB, or a document that is not safe, well-formed UTF-8 is MalformedXML. An element is dropped from its parent
+    once its ``end`` has been handled, so what is held stays near one entry: read an
+    element's text at its ``end``.
+    """
+    if _not_utf8(body):
+        raise S3Error("MalformedXML")
+    parser = _new_parser()
+    pull = ET.XMLPullParser(("start", "end"), _parser=parser)
+    stack: list[ET.Element] = []
+    try:
+        for offset in range(0, len(body) or 1, _FEED_SIZE):
+            piece = body[offset : offset + _FEED_SIZE]
+            pull.feed(piece)
+            # Outside a handler, expat's position is just past its last event: what lies
+            # beyond it is one construct still being held.
+            if offset + len(piece) - parser.parser.CurrentByteIndex > _MAX_MARKUP:
+                raise S3Error("MalformedXML")
+            yield from _depths(pull.read_events(), stack, root_name)
+        pull.close()
+        yield from _depths(pull.read_events(), stack, root_name)
+    except _PARSE_ERRORS:
+        raise S3Error("MalformedXML") from None
+
+
+def _depths(
+    events: Iterator[tuple[str, ET.Element]], stack: list[ET.Element], root_name: str
+) -> Iterator[tuple[str, ET.Element, int]]:
+    for event, element in events:
+        if event == "start":
+            if not stack and (
+                _local(element) != root_name or _namespace(element) not in ("", S3_NS)
+            ):
+                raise S3Error("MalformedXML")
+            stack.append(element)
+            if len(stack) > 3:
+                raise S3Error("MalformedXML")
+            yield event, element, len(stack)
+        else:
+            yield event, element, len(stack)
+            stack.pop()
+            if stack:
+                stack[-1].remove(element)
 
 
 def _serialize(root: ET.Element, default_namespace: str | None = None) -> bytes:
@@ -421,8 +550,10 @@ def _find(parent: ET.Element, name: str) -> ET.Element | None:
 
 
 def _integer(element: ET.Element | None) -> int | None:
-    text = "" if element is None else (element.text or "").strip()
-    return int(text) if text.isascii() and text.isdigit() else None
+    """An element's text as a number (surrounding XML whitespace allowed), saturated past 18
+    digits (trios3.core.numbers); None if it is not one."""
+    text = "" if element is None else (element.text or "").strip(_XML_SPACE)
+    return parse_decimal(text)
 
 
 def _text(parent: ET.Element, name: str) -> str | None:

@@ -18,6 +18,7 @@ from email.utils import parsedate_to_datetime
 from urllib.parse import unquote_to_bytes
 
 from trios3.core.errors import S3Error
+from trios3.core.numbers import parse_decimal
 
 ALGORITHM = "AWS4-HMAC-SHA256"
 EMPTY_SHA256 = "e3b0c44298fc1c149afbf4c8996fb92427ae41e4649b934ca495991b7852b855"
@@ -58,7 +59,7 @@ PRESIGN_PARAMS = (
 _HEX64 = re.compile(r"[0-9a-fA-F]{64}")
 _SIGNATURE = re.compile(r"[0-9a-f]{64}")
 _AMZ_DATE = re.compile(r"[0-9]{8}T[0-9]{6}Z")
-_SCOPE_DATE = re.compile(r"\d{8}")
+_SCOPE_DATE = re.compile(r"[0-9]{8}")
 _HEADER_NAME = re.compile(r"[!#$%&'*+.^_`|~0-9a-z-]+")
 _UNRESERVED = frozenset(b"ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789-_.~")
 # byte -> its encoding, built once: the encoder is on every request's path.
@@ -409,10 +410,10 @@ def _parse_presigned(
             code,
             "X-Amz-Date must be in the ISO8601 Long Format \"yyyyMMdd'T'HHmmss'Z'\"",
         )
-    expires_raw = found["X-Amz-Expires"]
-    if not expires_raw.isascii() or not expires_raw.isdigit():
+    # Saturated past 18 digits (trios3.core.numbers): a huge value is over a week, as it is.
+    expires = parse_decimal(found["X-Amz-Expires"])
+    if expires is None:
         raise S3Error(code, "X-Amz-Expires should be a number")
-    expires = int(expires_raw)
     if expires < 1:
         raise S3Error(code, "X-Amz-Expires must be non-negative")
     if expires > MAX_PRESIGN_EXPIRES:
@@ -476,11 +477,14 @@ def _amz_date_from_http_date(value: str | None) -> str:
         raise _bad_date()
     try:
         parsed = parsedate_to_datetime(value)
-    except (TypeError, ValueError):
+        if parsed.tzinfo is None:
+            parsed = parsed.replace(tzinfo=UTC)
+        # A date at the edge of the calendar can leave it once moved to UTC.
+        parsed = parsed.astimezone(UTC)
+    except (TypeError, ValueError, OverflowError):
         raise _bad_date() from None
-    if parsed.tzinfo is None:
-        parsed = parsed.replace(tzinfo=UTC)
-    return parsed.astimezone(UTC).strftime("%Y%m%dT%H%M%SZ")
+    # Not strftime's %Y, which writes a year before 1000 in fewer than four digits.
+    return f"{parsed.year:04d}{parsed:%m%dT%H%M%SZ}"
 
 
 def _parse_amz_date(value: str) -> datetime | None:
@@ -511,8 +515,10 @@ def _check_time(auth: RequestAuth, now: datetime) -> None:
         assert auth.expires is not None
         if request_time - now > MAX_SKEW:
             raise S3Error("AccessDenied", "Request is not valid yet")
-        expiry = request_time + timedelta(seconds=auth.expires)
-        if now > expiry:
+        if now - request_time > timedelta(seconds=auth.expires):
+            # Computed only once it is known to be past: a request time at the calendar's end
+            # plus a week would overflow.
+            expiry = request_time + timedelta(seconds=auth.expires)
             raise S3Error(
                 "AccessDenied",
                 "Request has expired",

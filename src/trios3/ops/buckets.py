@@ -11,11 +11,12 @@ import hashlib
 
 from trios3.backend import backend_error, read_limited
 from trios3.core import format as fmt
+from trios3.core import headers as hdr
 from trios3.core import multipart as mp
 from trios3.core import sigv4
 from trios3.core.etag import client_etag, part_count
 from trios3.core.headers import HOP_HEADERS
-from trios3.core.s3xml import parse_delete_objects, rewrite_listing
+from trios3.core.s3xml import parse_delete_objects, render_delete_objects, rewrite_listing
 from trios3.exchange import Exchange
 
 MAX_SMALL_BODY = 1024 * 1024  # bucket configurations, tagging, ACLs, DeleteObjects
@@ -41,7 +42,7 @@ def _forward_query(ex: Exchange) -> list[tuple[str, str]]:
 
 def _forward_headers(ex: Exchange) -> list[tuple[str, str]]:
     return [
-        (n, v)
+        (n, hdr.ascii_header(n, v))  # sent as signed: a value that is not ASCII cannot be
         for n, v in ex.headers.items()
         if n not in HOP_HEADERS
         # Checksums describe the client's body (re-sent with the proxy's digest), and a copy
@@ -116,16 +117,18 @@ async def list_objects(ex: Exchange) -> None:
 
 
 async def delete_objects(ex: Exchange) -> None:
-    """DeleteObjects: the client's document is checked, then re-sent with the proxy's digest."""
+    """DeleteObjects: the client's document is parsed, and the backend gets a document the
+    proxy wrote from what was parsed (with its own Content-MD5), never the client's bytes: a
+    document two parsers could read differently must not choose what the backend deletes."""
     async with ex.services.budget.lease(MAX_SMALL_BODY + MAX_LISTING):
-        body = await ex.body.read_all(MAX_SMALL_BODY)
-        parse_delete_objects(body)
+        quiet, objects = parse_delete_objects(await ex.body.read_all(MAX_SMALL_BODY))
+        document = render_delete_objects(quiet, objects)
         response, data = await ex.services.backend.request(
             "POST",
             ex.bucket,
             query=[("delete", "")],
-            headers=[("content-type", "application/xml"), *_md5_header(body)],
-            body=body,
+            headers=[("content-type", "application/xml"), *_md5_header(document)],
+            body=document,
             max_body=MAX_LISTING,
         )
     if response.status_code != 200:

@@ -185,7 +185,7 @@ async def copy_object(ex: Exchange) -> None:
         for name in ("x-amz-storage-class", "x-amz-tagging", "x-amz-acl"):
             if name in ex.headers:
                 described = [(n, v) for n, v in described if n != name]
-                described.append((name, ex.headers[name]))
+                described.append((name, hdr.ascii_header(name, ex.headers[name])))
     else:
         described = hdr.upload_headers(ex.headers)
         meta = hdr.user_metadata(ex.headers)

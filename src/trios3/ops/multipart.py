@@ -8,6 +8,7 @@ process can serve any call of any upload, and nothing is kept between requests.
 
 from __future__ import annotations
 
+import hmac
 from collections.abc import AsyncIterator
 from datetime import UTC, datetime
 
@@ -35,6 +36,7 @@ from trios3.core.s3xml import (
 )
 from trios3.exchange import Exchange
 from trios3.ops.copy import head_copy_source, open_source
+from trios3.ops.stored import StoredObject, find_layout
 from trios3.ops.streaming import copy_cost, overlapped, send_sealed, units_for, write_cost
 
 MAX_COMPLETE_BODY = 4 * 1024 * 1024  # 10 000 parts with ETags and checksums fit in ~2 MiB
@@ -153,6 +155,9 @@ async def _store_part(
         content_length=sealer.stored_size,
         prefix=sealer.header.encode(),
         query=[("partNumber", str(number)), *_upload_query(token)],
+        # Not yet: a backend upload with part checksums must be created with their algorithm
+        # and completed with each part's (AWS refuses a part checksum it was not told of).
+        verified=False,
     )
     if response.status_code != 200:
         raise _no_such_upload(response, data)
@@ -238,9 +243,20 @@ async def complete_upload(ex: Exchange) -> None:
     if body.length > MAX_COMPLETE_BODY:
         raise S3Error("MalformedXML")
     # The request, its parsed form and the backend's part list, all bounded by 10 000 parts.
-    async with ex.services.budget.lease(4 * body.length + 2 * MAX_PART_LIST_PAGE):
+    # The document is parsed as it is read (trios3.core.s3xml): about its size, and 1 MiB.
+    async with ex.services.budget.lease(2 * body.length + 3 * MAX_PART_LIST_PAGE):
         requested = parse_complete_request(await body.read_all(MAX_COMPLETE_BODY))
-        uploaded = await _uploaded_parts(ex, token)
+        try:
+            uploaded = await _uploaded_parts(ex, token)
+        except S3Error as err:
+            if err.code != "NoSuchUpload":
+                raise
+            # Gone: completed already? Every SDK retries a Complete whose answer was lost.
+            done = await _completed_before(ex, token, requested)
+            if done is None:
+                raise
+            await _answer_complete(ex, *done)
+            return
         plan = mp.plan_completion(
             [(number, etag) for number, etag, _ in requested], uploaded, segment_size
         )
@@ -260,13 +276,54 @@ async def complete_upload(ex: Exchange) -> None:
         )
     if response.status_code != 200:
         raise _no_such_upload(response, data)
-    etag = parse_complete_result(data)
-    out = [(n, response.headers[n]) for n in ("x-amz-version-id",) if n in response.headers]
+    version = response.headers.get("x-amz-version-id")
+    await _answer_complete(ex, parse_complete_result(data), checksums, version)
+
+
+async def _answer_complete(
+    ex: Exchange, etag: str, checksums: dict[str, str], version: str | None
+) -> None:
+    out = [("x-amz-version-id", version)] if version else []
     out.append(("content-type", "application/xml"))
     location = f"/{ex.bucket}/{ex.key}"
     await ex.respond.whole(
         200, out, render_complete_result(location, ex.bucket, ex.key, etag, checksums)
     )
+
+
+async def _completed_before(
+    ex: Exchange, token: mp.UploadToken, requested: list[tuple[int, str, dict[str, str]]]
+) -> tuple[str, dict[str, str], str | None] | None:
+    """The answer to a Complete of an upload that no longer exists because it was completed
+    (by this request's lost first attempt, as S3 does: 200 with the object's ETag again), or
+    None. The proof is the data key: the object at the key is this upload's only if its key
+    unwraps to the one this UploadId carries (a random 32 bytes per upload); an UploadId
+    from ListMultipartUploads carries none, and so cannot prove it."""
+    if not token.carries_key:
+        return None
+    data_key, segment_size = _data_key(ex, token)
+    response, _ = await ex.services.backend.request("HEAD", ex.bucket, ex.key, max_body=0)
+    if response.status_code != 200:
+        return None
+    try:
+        envelope = Envelope.from_metadata(response.headers)
+        if envelope is None or not envelope.multipart:
+            return None
+        stored_key = ex.services.keyring.open(envelope, ex.bucket, ex.key)
+    except TamperedError:
+        return None
+    if not hmac.compare_digest(stored_key, data_key):
+        return None  # another upload (or a PUT) has replaced it since
+    etag = response.headers.get("etag", "")
+    obj = StoredObject(
+        ex.bucket, ex.key, (), etag, int(response.headers.get("content-length", "0"))
+    )
+    layout, _ = await find_layout(ex.services.backend, obj, segment_size)
+    if layout.count != len(requested):
+        return None
+    sizes = [layout.place(n).plaintext_size for n in range(1, layout.count + 1)]
+    checksums = multipart_checksums(ex.headers, [c for _, _, c in requested], sizes)
+    return etag, checksums, response.headers.get("x-amz-version-id")
 
 
 # -- UploadPartCopy ---------------------------------------------------------------------------

@@ -73,14 +73,20 @@ async def find_layout(
             if layout is not None:
                 headers[count] = last
                 return layout, headers
-    return await _walk(backend, obj, first, segment_size), headers
+    return await _walk(backend, obj, first, segment_size, count), headers
 
 
 async def _walk(
-    backend: Backend, obj: StoredObject, first: mp.PartHeader, segment_size: int
+    backend: Backend,
+    obj: StoredObject,
+    first: mp.PartHeader,
+    segment_size: int,
+    count: int | None,
 ) -> mp.Layout:
     """Every part header in turn: for uploads whose parts differ in size (rare), and for
-    copies whose ETag no longer tells the part count."""
+    copies whose ETag no longer tells the part count. When the ETag tells it (``-N``), the
+    headers must be N: parts dropped from the end, or added, with sizes that still add up
+    are found here."""
     sizes: list[int] = []
     header, offset = first, 0
     while True:
@@ -89,6 +95,10 @@ async def _walk(
         sizes.append(header.plaintext_size)
         offset += mp.part_stored_size(header.plaintext_size, segment_size)
         if offset == obj.stored_size:
+            if count is not None and len(sizes) != count:
+                raise TamperedError(
+                    f"{len(sizes)} part headers in an object whose ETag says {count} parts"
+                )
             return mp.Layout(segment_size, sizes)
         if offset > obj.stored_size or len(sizes) >= mp.MAX_PART_NUMBER:
             raise TamperedError("the part headers do not add up to the stored size")

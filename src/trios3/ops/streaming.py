@@ -140,13 +140,15 @@ async def send_sealed(
     prefix: bytes = b"",
     query: list[tuple[str, str]] | None = None,
     headers: list[tuple[str, str]] | None = None,
+    verified: bool = True,
 ) -> tuple[Response, bytes]:
     """Encrypt ``plaintext`` with ``sealer`` while sending ``prefix`` and the sealed pieces
     in a backend PUT at the exchange's key; the response and its (small) body.
 
     The caller holds the budget lease. ``plaintext`` must raise if anything about it turns out
     wrong; the final segment is sent only after it has ended cleanly, so a failed upload never
-    becomes an object or a part at the backend.
+    becomes an object or a part at the backend. ``verified``: the backend checks a checksum of
+    what it receives (trios3.backend).
     """
 
     async def ciphertext() -> AsyncIterator[bytes]:
@@ -178,6 +180,7 @@ async def send_sealed(
             headers=headers or (),
             body=body(),
             content_length=content_length,
+            verified=verified,
         ) as response:
             data = await read_limited(response, SMALL_BODY)
     return response, data
